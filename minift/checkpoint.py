@@ -1,0 +1,177 @@
+"""Checkpoint I/O: Hugging Face BERT directories in and out of minift's modules.
+
+A Hugging Face directory holds config.json and model.safetensors (or shards listed in
+model.safetensors.index.json). Tensor names differ between minift and Hugging Face in two
+ways only: shorter module names, and one fused [3H, H] QKV projection where Hugging Face
+keeps query, key and value apart. hf_names() is the whole translation table.
+"""
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from minift.config import BertConfig
+from minift.errors import MiniftError
+
+# minift name inside a layer -> Hugging Face name inside encoder.layer.{i}
+LAYER = {"attn.proj": "attention.output.dense", "ln1": "attention.output.LayerNorm",
+         "fc": "intermediate.dense", "proj": "output.dense", "ln2": "output.LayerNorm"}
+EMBEDDINGS = {"word": "word_embeddings", "position": "position_embeddings",
+              "token_type": "token_type_embeddings", "ln": "LayerNorm"}
+
+
+def hf_names(name: str) -> list[str]:
+    """Hugging Face tensor names (without any 'bert.' prefix) that make up minift tensor `name`."""
+    parts = name.split(".")
+    module, leaf = ".".join(parts[:-1]), parts[-1]  # e.g. "layers.3.attn.qkv", "weight"
+    if parts[0] == "embeddings":
+        return [f"embeddings.{EMBEDDINGS[parts[1]]}.{leaf}"]
+    if parts[0] == "pooler":
+        return [f"pooler.dense.{leaf}"]
+    if parts[0] == "classifier":
+        return [name]
+    i, sub = parts[1], ".".join(parts[2:-1])  # layers.{i}.{sub}.{leaf}
+    if sub == "attn.qkv":  # concatenated along the output dimension, in this order
+        return [f"encoder.layer.{i}.attention.self.{x}.{leaf}" for x in ("query", "key", "value")]
+    assert module.startswith("layers."), name
+    return [f"encoder.layer.{i}.{LAYER[sub]}.{leaf}"]
+
+
+def read_tensors(path: Path, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
+    """All tensors of a checkpoint directory, with Hugging Face's naming variants normalised."""
+    single, index, pickle = path / "model.safetensors", path / "model.safetensors.index.json", path / "pytorch_model.bin"
+    if single.exists():
+        raw = _load_safetensors(single)
+    elif index.exists():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, UnicodeDecodeError) as e:
+            raise MiniftError(f"{index}: not a valid shard index (expected JSON with a 'weight_map'): {e}") from None
+        raw = {}
+        for shard in sorted(set(weight_map.values())):
+            raw.update(_load_safetensors(path / shard))
+        absent = sorted(set(weight_map) - set(raw))
+        if absent:
+            raise MiniftError(f"{index}: tensors listed in the index are in no shard: {', '.join(absent[:10])}")
+    elif pickle.exists():
+        if not allow_pickle:
+            raise MiniftError(
+                f"{path} has only pytorch_model.bin, a pickle file: loading a pickle can run arbitrary code, "
+                "so minift refuses it. Convert it to model.safetensors, or opt in with allow_pickle=True "
+                "(CLI: --allow-pickle) to load it through torch.load(weights_only=True).")
+        try:
+            raw = torch.load(pickle, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise MiniftError(f"{pickle}: cannot be loaded with torch.load(weights_only=True): {e}") from None
+    else:
+        if not path.is_dir():
+            raise MiniftError(f"{path}: no such model directory")
+        raise MiniftError(f"{path}: no weights found; expected model.safetensors, "
+                          "model.safetensors.index.json (sharded) or pytorch_model.bin")
+    out = {}
+    for k, v in raw.items():
+        # Old TensorFlow-converted checkpoints call LayerNorm's parameters gamma and beta.
+        k = k.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
+        k = k.removeprefix("bert.")
+        # Pretraining heads and the position_ids buffer are not part of the encoder.
+        if k.startswith("cls.") or k.endswith("position_ids"):
+            continue
+        out[k] = v
+    return out
+
+
+def _load_safetensors(file: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(file)
+    except FileNotFoundError:
+        raise MiniftError(f"{file}: missing (named by the shard index)") from None
+    except Exception as e:  # safetensors raises its own error type for truncated or corrupt files
+        raise MiniftError(f"{file}: cannot be read as safetensors; the file is truncated or corrupted ({e}). "
+                          "Fetch or copy it again.") from None
+
+
+def load_pretrained(cls, path, allow_pickle=False, id2label=None, problem_type=None):
+    """Build `cls` (Bert or BertClassifier) from a Hugging Face directory, checking every shape."""
+    from minift.model import Bert
+    path = Path(path)
+    if not path.is_dir():
+        raise MiniftError(f"{path}: no such model directory")
+    cfg = BertConfig.from_json(path / "config.json")
+    if id2label is not None:
+        cfg.id2label = {int(k): str(v) for k, v in id2label.items()}
+    if problem_type is not None:
+        cfg.problem_type = problem_type
+    sd = read_tensors(path, allow_pickle)
+    has_pooler = "pooler.dense.weight" in sd
+    model = cls(cfg, pooler=has_pooler) if cls is Bert else cls(cfg)
+    prefix = "" if cls is Bert else "bert."
+    # A base BERT has no classifier yet, and sentence-embedding checkpoints may lack the
+    # pooler: those start from BERT's initialisation, which the constructor already did.
+    may_be_new = ("classifier.", "bert.pooler.")
+    missing, misshaped, used = [], [], set()
+    with torch.no_grad():
+        for name, param in model.state_dict().items():
+            inner = name.removeprefix(prefix) if not name.startswith("classifier.") else name
+            srcs = hf_names(inner)
+            absent = [s for s in srcs if s not in sd]
+            if absent:
+                if not name.startswith(may_be_new):
+                    missing += absent
+                continue
+            want = (param.shape[0] // len(srcs), *param.shape[1:])
+            bad = [f"{s} {list(sd[s].shape)} (expected {list(want)})" for s in srcs if tuple(sd[s].shape) != want]
+            if bad:
+                misshaped += bad
+                continue
+            param.copy_(torch.cat([sd[s] for s in srcs]) if len(srcs) > 1 else sd[srcs[0]])
+            used.update(srcs)
+    # A classifier checkpoint may be loaded as a plain encoder: its head is then not needed.
+    unexpected = sorted(k for k in sd if k not in used and not (cls is Bert and k.startswith("classifier.")))
+    if missing or unexpected or misshaped:
+        lines = [f"{path}: the weights do not match config.json"]
+        for label, names in (("missing", missing), ("unexpected", unexpected), ("wrong shape", misshaped)):
+            if names:
+                lines.append(f"  {label} ({len(names)}): " + ", ".join(names[:20]) + (" ..." if len(names) > 20 else ""))
+        raise MiniftError("\n".join(lines))
+    return model
+
+
+def hf_state_dict(model) -> dict[str, torch.Tensor]:
+    """The model's tensors under Hugging Face names, QKV split back into query, key, value."""
+    from minift.model import Bert
+    prefix = "" if isinstance(model, Bert) else "bert."
+    out = {}
+    for name, t in model.state_dict().items():
+        inner = name.removeprefix(prefix) if not name.startswith("classifier.") else name
+        srcs = hf_names(inner)
+        own = "" if name.startswith("classifier.") else prefix
+        for s, part in zip(srcs, t.detach().chunk(len(srcs))):
+            out[own + s] = part.float().contiguous().cpu()
+    return out
+
+
+def save_pretrained(model, path, tokenizer=None):
+    """Write a Hugging Face-compatible directory. Each file goes to a temporary name first and is
+    renamed into place, so a crash mid-save never leaves a half-written file under the real name."""
+    from minift.model import Bert
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    arch = "BertModel" if isinstance(model, Bert) else "BertForSequenceClassification"
+    atomic_write(path / "config.json", lambda f: f.write_text(json.dumps(model.config.to_dict(arch), indent=2) + "\n"))
+    atomic_write(path / "model.safetensors", lambda f: save_file(hf_state_dict(model), str(f), metadata={"format": "pt"}))
+    if tokenizer is not None:
+        tokenizer.save(path)
+
+
+def atomic_write(target: Path, write):
+    """Call write(tmp_path), fsync, then rename over target: readers see the old file or the new one."""
+    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)

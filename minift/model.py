@@ -1,0 +1,176 @@
+"""The BERT encoder (Devlin et al., 2019) and a sequence classifier on top, from scratch.
+
+Shapes: B batch, T tokens, H hidden, nh heads, hd = H // nh head size, I intermediate.
+Post-LayerNorm residual blocks, absolute position embeddings, exactly as the original
+BERT and Hugging Face's BertModel compute them, so pretrained checkpoints load unchanged
+(minift/checkpoint.py maps the names).
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from minift.config import BertConfig
+
+ACT = {
+    "gelu": F.gelu,  # the exact, erf-based GELU of the original BERT
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,
+    "silu": F.silu,
+}
+
+
+class Embeddings(nn.Module):
+    def __init__(self, cfg: BertConfig):
+        super().__init__()
+        # padding_idx keeps the [PAD] row's gradient at zero, as Hugging Face's BERT does.
+        self.word = nn.Embedding(cfg.vocab_size, cfg.hidden_size, padding_idx=cfg.pad_token_id)
+        self.position = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
+        self.token_type = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size)
+        self.ln = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.drop = nn.Dropout(cfg.hidden_dropout_prob)
+
+    def forward(self, input_ids, token_type_ids):  # [B, T], [B, T] -> [B, T, H]
+        pos = torch.arange(input_ids.size(1), device=input_ids.device)  # [T]
+        x = self.word(input_ids) + self.token_type(token_type_ids) + self.position(pos)
+        return self.drop(self.ln(x))
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, cfg: BertConfig):
+        super().__init__()
+        self.nh = cfg.num_attention_heads
+        # One [3H, H] projection instead of three: one matmul reads x once.
+        self.qkv = nn.Linear(cfg.hidden_size, 3 * cfg.hidden_size)
+        self.proj = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.p_drop = cfg.attention_probs_dropout_prob
+
+    def forward(self, x, mask):  # x [B, T, H], mask [B, 1, 1, T] bool (True = attend) or None
+        B, T, H = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.nh, H // self.nh).permute(2, 0, 3, 1, 4)  # 3 x [B, nh, T, hd]
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                           dropout_p=self.p_drop if self.training else 0.0)  # [B, nh, T, hd]
+        return self.proj(y.transpose(1, 2).reshape(B, T, H))
+
+
+class Layer(nn.Module):
+    def __init__(self, cfg: BertConfig):
+        super().__init__()
+        self.attn = SelfAttention(cfg)
+        self.ln1 = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.fc = nn.Linear(cfg.hidden_size, cfg.intermediate_size)
+        self.proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size)
+        self.ln2 = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.act = ACT[cfg.hidden_act]
+        self.drop = nn.Dropout(cfg.hidden_dropout_prob)
+
+    def forward(self, x, mask):  # [B, T, H] -> [B, T, H]
+        x = self.ln1(x + self.drop(self.attn(x, mask)))  # post-LN: normalise after the residual add
+        return self.ln2(x + self.drop(self.proj(self.act(self.fc(x)))))  # H -> I -> H
+
+
+def init_weights(module: nn.Module, std: float):
+    """BERT's initialisation: N(0, std) weights, zero biases, unit LayerNorm."""
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=std)
+            if isinstance(m, nn.Embedding) and m.padding_idx is not None:
+                m.weight.data[m.padding_idx].zero_()
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+        if isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+class Bert(nn.Module):
+    def __init__(self, config: BertConfig, pooler: bool = True):
+        super().__init__()
+        self.config = config
+        self.embeddings = Embeddings(config)
+        self.layers = nn.ModuleList(Layer(config) for _ in range(config.num_hidden_layers))
+        self.pooler = nn.Linear(config.hidden_size, config.hidden_size) if pooler else None
+        init_weights(self, config.initializer_range)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None):
+        # input_ids, attention_mask (1 = real token, 0 = padding), token_type_ids: [B, T]
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        mask = None
+        if attention_mask is not None:
+            m = attention_mask.bool()  # [B, T]
+            # A row with no real token would softmax over nothing and give NaN; let it attend
+            # everywhere instead: its output is meaningless but finite, and nobody reads it.
+            m = m | ~m.any(dim=1, keepdim=True)
+            mask = m[:, None, None, :]  # [B, 1, 1, T], broadcast over heads and queries
+        x = self.embeddings(input_ids, token_type_ids)  # [B, T, H]
+        for layer in self.layers:
+            x = layer(x, mask)
+        pooled = torch.tanh(self.pooler(x[:, 0])) if self.pooler is not None else None  # [B, H] from [CLS]
+        return x, pooled
+
+    @classmethod
+    def from_pretrained(cls, path, allow_pickle: bool = False) -> "Bert":
+        from minift.checkpoint import load_pretrained
+        return load_pretrained(cls, path, allow_pickle=allow_pickle)
+
+    def save_pretrained(self, path, tokenizer=None):
+        from minift.checkpoint import save_pretrained
+        save_pretrained(self, path, tokenizer)
+
+
+class BertClassifier(nn.Module):
+    """BERT + dropout + a linear head on the pooled [CLS] vector (BertForSequenceClassification)."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.config = config
+        self.bert = Bert(config, pooler=True)
+        p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        self.drop = nn.Dropout(p)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        init_weights(self.classifier, config.initializer_range)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None):
+        _, pooled = self.bert(input_ids, attention_mask, token_type_ids)  # [B, H]
+        logits = self.classifier(self.drop(pooled))  # [B, num_labels]
+        if labels is None:
+            return logits
+        return logits, self.loss(logits, labels)
+
+    def problem_type(self, labels) -> str:
+        # Hugging Face's rule when config.json does not say: one output is regression,
+        # integer labels are single-label classes, float multi-hot rows are multi-label.
+        if self.config.problem_type:
+            return self.config.problem_type
+        if self.config.num_labels == 1:
+            return "regression"
+        if labels.dtype in (torch.long, torch.int):
+            return "single_label_classification"
+        return "multi_label_classification"
+
+    def loss(self, logits, labels):  # logits [B, C]; labels [B] (long or float) or [B, C] float
+        kind = self.problem_type(labels)
+        logits = logits.float()  # losses in fp32 even under autocast
+        if kind == "regression":
+            return F.mse_loss(logits.squeeze(-1), labels.float().view(-1)) if self.config.num_labels == 1 \
+                else F.mse_loss(logits, labels.float())
+        if kind == "single_label_classification":
+            return F.cross_entropy(logits, labels.view(-1))
+        return F.binary_cross_entropy_with_logits(logits, labels.float())
+
+    @classmethod
+    def from_pretrained(cls, path, allow_pickle: bool = False, id2label=None, problem_type=None) -> "BertClassifier":
+        """Load a fine-tuned classifier, or a base BERT with a freshly initialised head.
+
+        id2label / problem_type set the head for a new task (they must agree with a head
+        already in the checkpoint, or the shape check says why not)."""
+        from minift.checkpoint import load_pretrained
+        return load_pretrained(cls, path, allow_pickle=allow_pickle, id2label=id2label, problem_type=problem_type)
+
+    save_pretrained = Bert.save_pretrained
+
+
+def count_params(model: nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
