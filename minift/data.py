@@ -1,0 +1,216 @@
+"""Reading labelled text (CSV, TSV, JSON Lines), label maps, and length-bucketed batches."""
+
+import csv
+import io
+import json
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from minift.errors import MiniftError
+
+FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+TASKS = ("classify", "multilabel", "regression")
+
+
+@dataclass
+class Dataset:
+    path: str
+    texts: list[str]
+    pairs: list[str] | None  # second text of each pair, for sentence-pair tasks
+    labels: list | None  # raw values as read (str from CSV/TSV, any JSON value); None when not requested
+    lines: list[int]  # 1-based line in the file where each example starts, for error messages
+    skipped_empty: int = 0  # rows whose text was empty or whitespace; the caller reports the count
+
+
+def read_dataset(path, text_column="text", text_pair_column=None, label_column="label", need_labels=True) -> Dataset:
+    path = str(path)
+    fmt = FORMATS.get(Path(path).suffix.lower())
+    if fmt is None:
+        raise MiniftError(f"{path}: unsupported file type {Path(path).suffix or '(no extension)'!r}. "
+                          f"minift reads {', '.join(FORMATS)} files, chosen by extension.")
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as e:
+        raise MiniftError(f"Cannot read {path}: {e.strerror}.") from None
+    try:
+        text = raw.decode("utf-8").removeprefix("\ufeff")  # spreadsheet exports often start with a BOM
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise MiniftError(f"{path}: byte {e.start} (line {line}) is {raw[e.start:e.end]!r}, which is not valid "
+                          f"UTF-8. minift reads text files as UTF-8; re-save the file as UTF-8 "
+                          f"(e.g. `iconv -f latin1 -t utf-8`).") from None
+    text_columns = [text_column] + ([text_pair_column] if text_pair_column else [])
+    columns = text_columns + ([label_column] if need_labels else [])
+    records = _read_jsonl(path, text) if fmt == "jsonl" else _read_csv(path, text, "\t" if fmt == "tsv" else ",")
+
+    ds = Dataset(path, [], [] if text_pair_column else None, [] if need_labels else None, [])
+    for line, record in records:
+        missing = [c for c in columns if c not in record]
+        if missing:
+            where = "the header" if fmt != "jsonl" else f"the object on line {line}"
+            raise MiniftError(f"{path}: no column {missing[0]!r} in {where}; the columns there are "
+                              f"{', '.join(map(repr, record)) or '(none)'}. Give the name of the column "
+                              f"that holds it, or rename that column in the file.")
+        texts = [_text(path, line, c, record[c]) for c in text_columns]
+        if not all(texts):
+            ds.skipped_empty += 1
+            continue
+        ds.texts.append(texts[0])
+        if text_pair_column:
+            ds.pairs.append(texts[1])
+        if need_labels:
+            ds.labels.append(record[label_column])
+        ds.lines.append(line)
+    if not ds.texts:
+        why = ("the file is empty" if not text.strip() else
+               f"all {ds.skipped_empty} rows have empty text" if ds.skipped_empty else "there are no data rows")
+        expected = "one JSON object per line" if fmt == "jsonl" else "a header row, then one example per row"
+        raise MiniftError(f"{path}: no examples ({why}). Expected {expected}.")
+    return ds
+
+
+def _read_csv(path, text, delimiter):
+    # Parse the whole file at once so newlines inside quoted fields stay part of the field.
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    try:
+        header = [h.strip() for h in next(reader, [])]
+        start = reader.line_num + 1
+        for row in reader:
+            if row:  # csv gives [] for a blank line
+                if len(row) != len(header):
+                    raise MiniftError(f"{path}, line {start}: {len(row)} fields, but the header has "
+                                      f"{len(header)}. A field that contains the delimiter, a quote or a "
+                                      f"newline must be wrapped in double quotes (\"\" for a quote inside).")
+                yield start, dict(zip(header, row))
+            start = reader.line_num + 1
+    except csv.Error as e:
+        raise MiniftError(f"{path}, line {reader.line_num}: malformed CSV ({e}).") from None
+
+
+def _read_jsonl(path, text):
+    for line, s in enumerate(text.split("\n"), 1):  # not splitlines(): JSON strings may hold U+2028
+        if not s.strip():
+            continue
+        try:
+            obj = json.loads(s)
+        except json.JSONDecodeError as e:
+            raise MiniftError(f"{path}, line {line}, column {e.colno}: invalid JSON ({e.msg}). JSON Lines "
+                              f"files need one complete JSON object per line.") from None
+        if not isinstance(obj, dict):
+            raise MiniftError(f"{path}, line {line}: a JSON {type(obj).__name__}, expected an object "
+                              f"like {{\"text\": \"...\", \"label\": \"...\"}}.")
+        yield line, obj
+
+
+def _text(path, line, column, value):
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise MiniftError(f"{path}, line {line}: column {column!r} holds {value!r}; expected a string of text.")
+    return value.strip()
+
+
+def _missing(value):
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def _class_name(value):
+    if isinstance(value, (list, dict)):
+        raise MiniftError(f"Label {value!r} is a {type(value).__name__}; single-label classification needs "
+                          f"one label per example (lists of labels are for the multilabel task).")
+    return str(value).strip()
+
+
+def _label_names(value):
+    # Multilabel values: a JSON list, or one string with the names separated by "|".
+    names = value if isinstance(value, list) else str(value).split("|")
+    return [n for n in (str(x).strip() for x in names) if n]
+
+
+def label_map(labels: list, task: str) -> dict[str, int]:
+    """label2id built from the training labels; regression has none."""
+    if task == "regression":
+        return {}
+    if task == "multilabel":
+        names = sorted({n for v in labels if v is not None for n in _label_names(v)})
+        if not names:
+            raise MiniftError("The training set has no labels at all; multilabel needs at least one label name.")
+        return {n: i for i, n in enumerate(names)}
+    if task != "classify":
+        raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+    # Missing values are left out here and reported with their line by encode_labels.
+    names = {_class_name(v) for v in labels if not _missing(v)}
+    if len(names) < 2:
+        raise MiniftError(f"The training set has {len(names)} distinct label(s) ({', '.join(sorted(names))}); "
+                          f"a classifier needs examples of at least 2 classes.")
+    try:  # numeric labels sort as numbers so that -1/1 become 0/1 and 2 comes before 10
+        order = sorted(names, key=int)
+    except ValueError:
+        order = sorted(names)
+    return {n: i for i, n in enumerate(order)}
+
+
+def encode_labels(ds: Dataset, label2id: dict, task: str) -> torch.Tensor:
+    def fail(i, what):
+        raise MiniftError(f"{ds.path}, line {ds.lines[i]}: {what}")
+
+    if task == "regression":
+        out = []
+        for i, v in enumerate(ds.labels):
+            try:
+                x = float(v)
+            except (TypeError, ValueError):
+                x = math.nan
+            if not math.isfinite(x):
+                fail(i, f"label {v!r} is not a number; regression needs a finite number on every row.")
+            out.append(x)
+        return torch.tensor(out, dtype=torch.float32)
+
+    known = ", ".join(map(repr, label2id))
+    if task == "multilabel":
+        out = torch.zeros(len(ds.labels), len(label2id))
+        for i, v in enumerate(ds.labels):
+            if v is None:
+                fail(i, "the label is null; use [] (or an empty string in CSV) for an example with no labels.")
+            for n in _label_names(v):
+                if n not in label2id:
+                    fail(i, f"label {n!r} never occurs in the training set (known labels: {known}).")
+                out[i, label2id[n]] = 1.0
+        return out
+
+    ids = []
+    for i, v in enumerate(ds.labels):
+        if _missing(v):
+            fail(i, "the label is missing; every example needs a label (drop the row or fill it in).")
+        if _class_name(v) not in label2id:
+            fail(i, f"label {_class_name(v)!r} never occurs in the training set (known labels: {known}).")
+        ids.append(label2id[_class_name(v)])
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def length_batches(lengths: list[int], batch_size: int, seed: int | None) -> list[list[int]]:
+    """Index batches of similar length, so little compute goes to padding.
+
+    Without a seed (inference) the order is fixed, longest first so that running out of memory shows up
+    in the first batch rather than at the end. With a seed (the caller passes seed + epoch) examples are
+    shuffled, sorted by length within chunks of 100 batches, and the batches are shuffled: each batch is
+    near-uniform in length yet the batch order and membership vary between epochs.
+    """
+    n = len(lengths)
+    if seed is None:
+        order = sorted(range(n), key=lambda i: -lengths[i])
+        return [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    rng = random.Random(seed)
+    order = list(range(n))
+    rng.shuffle(order)
+    chunk = 100 * batch_size
+    batches = []
+    for c in range(0, n, chunk):
+        part = sorted(order[c:c + chunk], key=lengths.__getitem__)
+        batches += [part[i:i + batch_size] for i in range(0, len(part), batch_size)]
+    rng.shuffle(batches)
+    return batches

