@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from minift.config import BertConfig
@@ -65,6 +66,12 @@ def read_tensors(path: Path, allow_pickle: bool = False) -> dict[str, torch.Tens
             raw = torch.load(pickle, map_location="cpu", weights_only=True)
         except Exception as e:
             raise MiniftError(f"{pickle}: cannot be loaded with torch.load(weights_only=True): {e}") from None
+        if not isinstance(raw, dict):
+            raise MiniftError(f"{pickle}: expected a state dict (tensor names -> tensors), got a {type(raw).__name__}")
+        odd = [k for k, v in raw.items() if not isinstance(v, torch.Tensor)]
+        if odd:
+            raise MiniftError(f"{pickle}: expected a state dict (tensor names -> tensors); "
+                              f"{odd[0]!r} holds a {type(raw[odd[0]]).__name__}")
     else:
         if not path.is_dir():
             raise MiniftError(f"{path}: no such model directory")
@@ -110,14 +117,17 @@ def load_pretrained(cls, path, allow_pickle=False, id2label=None, problem_type=N
     # A base BERT has no classifier yet, and sentence-embedding checkpoints may lack the
     # pooler: those start from BERT's initialisation, which the constructor already did.
     may_be_new = ("classifier.", "bert.pooler.")
-    missing, misshaped, used = [], [], set()
+    missing, misshaped, known = [], [], set()
     with torch.no_grad():
         for name, param in model.state_dict().items():
             inner = name.removeprefix(prefix) if not name.startswith("classifier.") else name
             srcs = hf_names(inner)
+            known.update(srcs)  # names the model has are never "unexpected", even if absent or mis-shaped
             absent = [s for s in srcs if s not in sd]
             if absent:
-                if not name.startswith(may_be_new):
+                # A new head is new as a whole: half of one present (weight without bias) is missing tensors.
+                module = srcs[0].rsplit(".", 1)[0] + "."
+                if not name.startswith(may_be_new) or any(k.startswith(module) for k in sd):
                     missing += absent
                 continue
             want = (param.shape[0] // len(srcs), *param.shape[1:])
@@ -126,9 +136,8 @@ def load_pretrained(cls, path, allow_pickle=False, id2label=None, problem_type=N
                 misshaped += bad
                 continue
             param.copy_(torch.cat([sd[s] for s in srcs]) if len(srcs) > 1 else sd[srcs[0]])
-            used.update(srcs)
     # A classifier checkpoint may be loaded as a plain encoder: its head is then not needed.
-    unexpected = sorted(k for k in sd if k not in used and not (cls is Bert and k.startswith("classifier.")))
+    unexpected = sorted(k for k in sd if k not in known and not (cls is Bert and k.startswith("classifier.")))
     if missing or unexpected or misshaped:
         lines = [f"{path}: the weights do not match config.json"]
         for label, names in (("missing", missing), ("unexpected", unexpected), ("wrong shape", misshaped)):
@@ -175,3 +184,57 @@ def atomic_write(target: Path, write):
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+# ---- training state, for --resume ----
+# One safetensors file: tensors (weights, AdamW moments, RNG) plus a JSON header with the rest
+# (progress, schedule, scaler). One file means one atomic rename per save; safetensors means no
+# pickle is ever loaded, not even our own.
+TRAIN_STATE_VERSION = 1
+
+
+def save_train_state(file: Path, model, optimizer, scheduler, scaler, progress: dict):
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    opt = optimizer.state_dict()
+    for i, s in opt["state"].items():
+        tensors.update({f"optim.{i}.{k}": v for k, v in s.items()})
+    tensors["rng.cpu"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        tensors.update({f"rng.cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    meta = {"format_version": TRAIN_STATE_VERSION, "progress": progress, "param_groups": opt["param_groups"],
+            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler is not None else None}
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    atomic_write(file, lambda f: save_file(tensors, str(f), metadata={"minift": json.dumps(meta)}))
+
+
+def load_train_state(file: Path, model, optimizer, scheduler, scaler) -> dict:
+    """Restore everything save_train_state wrote; returns the progress dict."""
+    try:
+        with safe_open(str(file), "pt") as f:
+            meta = json.loads((f.metadata() or {})["minift"])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:
+        raise MiniftError(f"{file}: not a readable minift checkpoint; it is truncated, corrupted or not "
+                          f"from minift ({type(e).__name__}: {e})") from None
+    if meta.get("format_version") != TRAIN_STATE_VERSION:
+        raise MiniftError(f"{file}: checkpoint format version {meta.get('format_version')!r}; "
+                          f"this minift reads version {TRAIN_STATE_VERSION}")
+    weights = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:
+        raise MiniftError(f"{file}: the checkpoint does not fit this model ({e})") from None
+    state = {}
+    for k, v in tensors.items():
+        if k.startswith("optim."):
+            _, i, name = k.split(".", 2)
+            state.setdefault(int(i), {})[name] = v
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    scheduler.load_state_dict(meta["scheduler"])
+    if scaler is not None and meta["scaler"]:
+        scaler.load_state_dict(meta["scaler"])
+    torch.set_rng_state(tensors["rng.cpu"])
+    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    return meta["progress"]

@@ -1,0 +1,100 @@
+"""Inference and evaluation: batched, length-sorted forward passes, probabilities and metrics."""
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from minift.data import encode_labels, length_batches, read_dataset
+from minift.errors import MiniftError
+from minift.model import BertClassifier
+from minift.tokenizer import Tokenizer
+from minift.train_step import pick_device, pick_precision
+
+# minift's task names and the Hugging Face problem_type each one is saved as.
+PROBLEM_TYPE = {"classify": "single_label_classification", "multilabel": "multi_label_classification",
+                "regression": "regression"}
+TASK = {v: k for k, v in PROBLEM_TYPE.items()}
+
+
+@torch.inference_mode()
+def logits_for(model, ids: list[list[int]], types: list[list[int]], pad_id: int, batch_size: int,
+               device: torch.device, amp_dtype) -> torch.Tensor:
+    """Logits [N, C] in fp32, in the order of `ids`. Batches hold similar lengths to waste little on padding."""
+    was_training = model.training
+    model.eval()
+    out = torch.empty(len(ids), model.config.num_labels)
+    for idx in length_batches([len(x) for x in ids], batch_size, seed=None):
+        b = {k: v.to(device) for k, v in Tokenizer.pad([ids[i] for i in idx], [types[i] for i in idx], pad_id).items()}
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            out[idx] = model(**b).float().cpu()
+    model.train(was_training)
+    return out
+
+
+def metrics(logits: torch.Tensor, labels: torch.Tensor, task: str) -> dict[str, float]:
+    """classify: loss, accuracy, macro_f1; multilabel: loss, accuracy (exact set), macro_f1; regression: mse, pearson."""
+    if task == "regression":
+        pred = logits.squeeze(-1)
+        mse = F.mse_loss(pred, labels).item()
+        pearson = torch.corrcoef(torch.stack([pred, labels]))[0, 1].item() if len(labels) > 1 else math.nan
+        return {"mse": mse, "pearson": pearson}
+    if task == "multilabel":
+        loss = F.binary_cross_entropy_with_logits(logits, labels).item()
+        pred, gold = logits > 0, labels > 0.5
+        acc = (pred == gold).all(1).float().mean().item()
+    else:
+        loss = F.cross_entropy(logits, labels).item()
+        pred = logits.argmax(1)
+        acc = (pred == labels).float().mean().item()
+        n = logits.shape[1]
+        pred, gold = F.one_hot(pred, n).bool(), F.one_hot(labels, n).bool()
+    # Macro-F1: the F1 of each class (one-vs-rest), averaged with equal weight per class.
+    tp = (pred & gold).sum(0).float()
+    fp = (pred & ~gold).sum(0).float()
+    fn = (~pred & gold).sum(0).float()
+    f1 = torch.where(tp > 0, 2 * tp / (2 * tp + fp + fn), torch.zeros_like(tp))
+    return {"loss": loss, "accuracy": acc, "macro_f1": f1.mean().item()}
+
+
+def load(model_dir, device="auto"):
+    """A fine-tuned model directory -> (model on device, tokenizer, task)."""
+    model = BertClassifier.from_pretrained(model_dir)
+    tokenizer = Tokenizer.from_dir(model_dir)
+    task = TASK.get(model.config.problem_type or "single_label_classification")
+    if model.config.num_labels == 1 and model.config.problem_type is None:
+        task = "regression"
+    dev = pick_device(device)
+    return model.to(dev), tokenizer, task
+
+
+def predict(model_dir, texts: list[str], pairs: list[str] | None = None, batch_size: int = 64,
+            max_length: int | None = None, device: str = "auto", precision: str = "auto") -> list[dict]:
+    """Per text: {"label": name, "probs": {name: p}} (classify, multilabel: "labels" and per-label probs),
+    or {"score": x} (regression)."""
+    model, tok, task = load(model_dir, device)
+    dev = next(model.parameters()).device
+    ids, types = tok.encode(texts, pairs, max_length or min(tok.model_max_length, model.config.max_position_embeddings))
+    logits = logits_for(model, ids, types, tok.pad_id, batch_size, dev, pick_precision(precision, dev))
+    names = [model.config.id2label[i] for i in range(model.config.num_labels)] if model.config.id2label else None
+    if task == "regression":
+        return [{"score": x} for x in logits.squeeze(-1).tolist()]
+    if task == "multilabel":
+        probs = torch.sigmoid(logits).tolist()
+        return [{"labels": [n for n, p in zip(names, row) if p > 0.5], "probs": dict(zip(names, row))} for row in probs]
+    probs = torch.softmax(logits, dim=-1).tolist()
+    return [{"label": names[max(range(len(row)), key=row.__getitem__)], "probs": dict(zip(names, row))} for row in probs]
+
+
+def evaluate(model_dir, data, text_column="text", text_pair_column=None, label_column="label",
+             batch_size: int = 64, max_length: int | None = None, device: str = "auto", precision: str = "auto") -> dict:
+    """Metrics of a fine-tuned model on a labelled file (see metrics())."""
+    model, tok, task = load(model_dir, device)
+    dev = next(model.parameters()).device
+    ds = read_dataset(data, text_column, text_pair_column, label_column)
+    if task != "regression" and not model.config.id2label:
+        raise MiniftError(f"{Path(model_dir) / 'config.json'}: has no id2label, so labels in {data} cannot be matched")
+    labels = encode_labels(ds, model.config.label2id, task)
+    ids, types = tok.encode(ds.texts, ds.pairs, max_length or min(tok.model_max_length, model.config.max_position_embeddings))
+    logits = logits_for(model, ids, types, tok.pad_id, batch_size, dev, pick_precision(precision, dev))
+    return {**metrics(logits, labels, task), "examples": len(ds.texts), "skipped_empty": ds.skipped_empty}
