@@ -98,3 +98,21 @@ def evaluate(model_dir, data, text_column="text", text_pair_column=None, label_c
     ids, types = tok.encode(ds.texts, ds.pairs, max_length or min(tok.model_max_length, model.config.max_position_embeddings))
     logits = logits_for(model, ids, types, tok.pad_id, batch_size, dev, pick_precision(precision, dev))
     return {**metrics(logits, labels, task), "examples": len(ds.texts), "skipped_empty": ds.skipped_empty}
+
+
+@torch.inference_mode()
+def embed(model_dir, texts: list[str], batch_size: int = 64, max_length: int = 256, device: str = "auto") -> torch.Tensor:
+    """Sentence embeddings [N, H], fp32: the mean of the last hidden states over real tokens, L2-normalised
+    (what sentence-transformers computes for all-MiniLM-L6-v2)."""
+    from minift.model import Bert
+    dev = pick_device(device)
+    model = Bert.from_pretrained(model_dir).to(dev).eval()
+    tok = Tokenizer.from_dir(model_dir)
+    ids, types = tok.encode(texts, None, min(max_length, model.config.max_position_embeddings))
+    out = torch.empty(len(texts), model.config.hidden_size)
+    for idx in length_batches([len(x) for x in ids], batch_size, seed=None):
+        b = {k: v.to(dev) for k, v in Tokenizer.pad([ids[i] for i in idx], [types[i] for i in idx], tok.pad_id).items()}
+        h, _ = model(**b)  # [b, T, H]
+        m = b["attention_mask"].unsqueeze(-1).float()  # [b, T, 1]
+        out[idx] = F.normalize((h * m).sum(1) / m.sum(1), dim=-1).cpu()
+    return out

