@@ -14,7 +14,7 @@ TRAIN_HELP = {
     "text_column": "column holding the text", "text_pair_column": "column holding the second text of a pair",
     "label_column": "column holding the label",
     "epochs": "passes over the training set", "max_steps": "stop after this many optimizer steps (overrides --epochs)",
-    "lr": "peak learning rate of AdamW", "batch_size": "examples per micro-batch",
+    "lr": "peak learning rate of AdamW (default by mode: full 5e-5, top-N 1e-4, lora 5e-4, head 1e-3)", "batch_size": "examples per micro-batch",
     "grad_accum": "micro-batches accumulated into one optimizer step",
     "max_length": "tokens per example, [CLS] and [SEP] included; longer texts are truncated",
     "warmup": "fraction of steps spent warming the learning rate up from 0 (then linear decay to 0)",
@@ -62,8 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         flag = "--" + field.name.replace("_", "-")
         typ = {int: int, float: float}.get(type(field.default), str)
-        if field.name in ("max_steps",):
-            typ = int
+        if field.name in ("max_steps", "lr"):
+            typ = {"max_steps": int, "lr": float}[field.name]
         help_ = TRAIN_HELP[field.name] + (f" (default {field.default})" if field.default is not None else "")
         t.add_argument(flag, type=typ, default=field.default, help=help_)
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")

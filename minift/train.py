@@ -28,6 +28,8 @@ from minift.tokenizer import Tokenizer
 from minift.train_step import (make_loss_fn, make_optimizer, make_schedule, pick_device, pick_precision,
                                train_step)
 
+# A frozen encoder leaves few, freshly initialised parameters to move: they take larger steps.
+DEFAULT_LR = {"full": 5e-5, "top": 1e-4, "lora": 5e-4, "head": 1e-3}
 # Metrics where lower is better; for the others higher is better.
 LOWER_IS_BETTER = ("loss", "mse")
 
@@ -45,7 +47,7 @@ class RunConfig:
     label_column: str = "label"
     epochs: int = 3
     max_steps: int | None = None
-    lr: float = 5e-5
+    lr: float | None = None  # by mode: DEFAULT_LR
     batch_size: int = 32
     grad_accum: int = 1
     max_length: int = 128
@@ -70,7 +72,7 @@ class RunConfig:
                 raise MiniftError(f"--{name.replace('_', '-')} {v}: expected {kind}")
         for name in ("epochs", "max_steps", "batch_size", "grad_accum", "max_length", "lora_rank"):
             positive(name)
-        for name in ("lr", "max_grad_norm", "lora_alpha", "layer_decay"):
+        for name in ("lr", "max_grad_norm", "lora_alpha", "layer_decay"):  # lr None: set below
             positive(name, integer=False)
         if not 0 <= self.warmup < 1:
             raise MiniftError(f"--warmup {self.warmup}: expected the warmup fraction of all steps, in [0, 1)")
@@ -80,7 +82,9 @@ class RunConfig:
             raise MiniftError(f"--task {self.task!r}: expected one of {', '.join(TASKS)}")
         if self.compile not in ("auto", "on", "off"):
             raise MiniftError(f"--compile {self.compile!r}: expected auto, on or off")
-        parse_mode(self.mode)
+        kind, _ = parse_mode(self.mode)
+        if self.lr is None:
+            self.lr = DEFAULT_LR[kind]
         if self.metric is None:
             self.metric = "mse" if self.task == "regression" else "accuracy"
         allowed = ("mse", "pearson") if self.task == "regression" else ("loss", "accuracy", "macro_f1")
