@@ -16,7 +16,8 @@ TRAIN_HELP = {
     "epochs": "passes over the training set", "max_steps": "stop after this many optimizer steps (overrides --epochs)",
     "lr": "peak learning rate of AdamW (default by mode: full 5e-5, top-N 1e-4, lora 5e-4, head 1e-3)", "batch_size": "examples per micro-batch",
     "grad_accum": "micro-batches accumulated into one optimizer step",
-    "max_length": "tokens per example, [CLS] and [SEP] included; longer texts are truncated",
+    "max_length": "tokens per example, [CLS] and [SEP] included; longer texts are truncated "
+                  "(default 128, or the model's max_position_embeddings if smaller)",
     "warmup": "fraction of steps spent warming the learning rate up from 0 (then linear decay to 0)",
     "weight_decay": "AdamW decoupled weight decay, applied to matrices and embeddings only",
     "max_grad_norm": "clip the global gradient norm to this",
@@ -62,8 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         flag = "--" + field.name.replace("_", "-")
         typ = {int: int, float: float}.get(type(field.default), str)
-        if field.name in ("max_steps", "lr"):
-            typ = {"max_steps": int, "lr": float}[field.name]
+        if field.name in ("max_steps", "lr", "max_length"):
+            typ = {"max_steps": int, "lr": float, "max_length": int}[field.name]
         help_ = TRAIN_HELP[field.name] + (f" (default {field.default})" if field.default is not None else "")
         t.add_argument(flag, type=typ, default=field.default, help=help_)
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
@@ -137,7 +138,8 @@ def run(args):
         from minift.train import train
         opts = {k: v for k, v in vars(args).items() if k != "command"}
         row = train(**opts)
-        print(json.dumps(row))
+        if row:  # under torchrun only rank 0 reports
+            print(json.dumps(row))
     elif args.command == "predict":
         from minift.predict import predict
         texts, pairs = read_texts(args)

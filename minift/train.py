@@ -9,6 +9,7 @@ import copy
 import dataclasses
 import json
 import math
+import os
 import signal
 import sys
 import threading
@@ -17,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 from minift.checkpoint import load_train_state, save_train_state
 from minift.data import TASKS, encode_labels, label_map, length_batches, read_dataset
@@ -50,7 +53,7 @@ class RunConfig:
     lr: float | None = None  # by mode: DEFAULT_LR
     batch_size: int = 32
     grad_accum: int = 1
-    max_length: int = 128
+    max_length: int | None = None  # 128, or fewer if the model has fewer positions
     warmup: float = 0.1
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
@@ -118,13 +121,10 @@ def train(model: str, train: str, out: str, eval: str | None = None, resume: boo
     cfg.check()
     out = Path(cfg.out)
     check_out_dir(out, resume, overwrite)
-    if resume:
-        saved = json.loads((out / "run.json").read_text())
-        changed = {k: (saved.get(k), v) for k, v in dataclasses.asdict(cfg).items() if saved.get(k) != v}
-        if changed:
-            raise MiniftError(f"--resume: these settings differ from the run in {out} (was, now): {changed}; "
-                              "resume with the same settings, or start a new run")
     device = pick_device(cfg.device)
+    rank, world, device = start_distributed(device)
+    if rank != 0:  # one process writes files and progress
+        log = open(os.devnull, "w")
     amp_dtype = pick_precision(cfg.precision, device)
     # torch.compile did not pay on a 2-core CPU (bench/), where its first step costs half a minute.
     compile = cfg.compile == "on" or (cfg.compile == "auto" and device.type == "cuda")
@@ -145,10 +145,17 @@ def train(model: str, train: str, out: str, eval: str | None = None, resume: boo
     id2label = {i: n for n, i in label2id.items()} or {0: "score"}
     net = BertClassifier.from_pretrained(cfg.model, id2label=id2label, problem_type=PROBLEM_TYPE[cfg.task])
     tok = Tokenizer.from_dir(cfg.model)
+    cfg.max_length = cfg.max_length or min(128, net.config.max_position_embeddings)
     if cfg.max_length > net.config.max_position_embeddings:
         raise MiniftError(f"--max-length {cfg.max_length}: the model has only "
                           f"{net.config.max_position_embeddings} positions (max_position_embeddings)")
     tok.model_max_length = cfg.max_length  # so that predict truncates as training did
+    if resume:
+        saved = json.loads((out / "run.json").read_text())
+        changed = {k: (saved.get(k), v) for k, v in dataclasses.asdict(cfg).items() if saved.get(k) != v}
+        if changed:
+            raise MiniftError(f"--resume: these settings differ from the run in {out} (was, now): {changed}; "
+                              "resume with the same settings, or start a new run")
     ids, types = tok.encode(tr.texts, tr.pairs, cfg.max_length)
     dv_ids, dv_types = tok.encode(dv.texts, dv.pairs, cfg.max_length) if dv else (None, None)
 
@@ -160,25 +167,38 @@ def train(model: str, train: str, out: str, eval: str | None = None, resume: boo
     opt = make_optimizer(net, cfg.lr, cfg.weight_decay, cfg.layer_decay)
     sched = make_schedule(opt, int(cfg.warmup * total_steps), total_steps)
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
-    loss_fn = make_loss_fn(net, amp_dtype, device, compile)
+    # Under torchrun, DDP averages the gradients of the ranks' slices of each global batch.
+    ddp = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else net
+    loss_fn = make_loss_fn(ddp, amp_dtype, device, compile)
     print(f"minift: {cfg.mode} fine-tuning, {count_params(net, True):,} of {count_params(net):,} parameters train; "
           f"{len(ids)} examples, {total_steps} steps of {cfg.batch_size * cfg.grad_accum}; device {device}, "
-          f"precision {amp_dtype or 'fp32'}, compile {'on' if compile else 'off'}", file=log)
+          f"precision {amp_dtype or 'fp32'}, compile {'on' if compile else 'off'}"
+          + (f", {world} processes" if world > 1 else ""), file=log)
 
     state = {"step": 0, "epoch": 0, "batch": 0, "best": None, "tokens": 0}
     if resume:
         state = load_train_state(out / "checkpoint.safetensors", net, opt, sched, scaler)
-    else:
+    elif rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         for name in ("metrics.jsonl", "checkpoint.safetensors"):  # --overwrite: the old run's records go
             (out / name).unlink(missing_ok=True)
         (out / "run.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
 
+    def save_state():
+        if rank == 0:
+            save_train_state(out / "checkpoint.safetensors", net, opt, sched, scaler, state)
+
     def save_model():
+        if rank != 0:
+            return
         keep = merge_lora(copy.deepcopy(net)) if cfg.mode == "lora" else net
         keep.save_pretrained(out, tok)
 
     def evaluate(epoch_done: float) -> dict:
+        if world > 1:
+            dist.barrier()  # every rank has finished the step; only rank 0 evaluates and writes
+            if rank != 0:
+                return {}
         row = {"step": state["step"], "epoch": round(epoch_done, 3), "train_loss": state.get("loss")}
         if dv is not None:
             row.update({f"dev_{k}": v for k, v in metrics(
@@ -192,7 +212,7 @@ def train(model: str, train: str, out: str, eval: str | None = None, resume: boo
             state["best"] = row.get(f"dev_{cfg.metric}")
             save_model()
         row["kept"] = better
-        with open(out / "metrics.jsonl", "a") as f:
+        with open(out / "metrics.jsonl", "a") as f:  # appended and flushed per line: never lost
             f.write(json.dumps(row) + "\n")
         print("  eval " + " ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()), file=log)
         return row
@@ -206,14 +226,19 @@ def train(model: str, train: str, out: str, eval: str | None = None, resume: boo
     try:
         while state["step"] < total_steps:
             batches = length_batches([len(x) for x in ids], cfg.batch_size, seed=cfg.seed + state["epoch"])
+            if world > 1:  # a batch too small to give every rank an example is left out
+                batches = [b for b in batches if len(b) >= world]
             while state["batch"] < len(batches) and state["step"] < total_steps:
                 group = batches[state["batch"]: state["batch"] + cfg.grad_accum]
                 micro = []
                 for idx in group:
+                    idx = idx[rank::world]  # this process's slice of the global batch
                     b = Tokenizer.pad([ids[i] for i in idx], [types[i] for i in idx], tok.pad_id)
                     b["labels"] = y_tr[idx]
                     micro.append({k: v.to(device, non_blocking=True) for k, v in b.items()})
                 loss, norm, applied = train_step(loss_fn, opt, sched, scaler, micro, cfg.max_grad_norm)
+                if world > 1:
+                    dist.all_reduce(loss, op=dist.ReduceOp.AVG)  # the global batch's loss, for the log
                 state["batch"] += len(group)
                 state["step"] += 1
                 bad = 0 if applied else bad + 1
@@ -223,7 +248,7 @@ def train(model: str, train: str, out: str, eval: str | None = None, resume: boo
                                       f"--precision fp32/bf16. The last good model is in {out}.")
                 state["loss"] = float(loss)
                 seqs += sum(len(g) for g in group)
-                toks += sum(int(m["attention_mask"].sum()) for m in micro)
+                toks += sum(len(ids[i]) for idx in group for i in idx)
                 if time.time() - last.get("t", 0) > 2 or state["step"] == total_steps:
                     el = time.time() - t0
                     eta = el / (state["step"] - start_step) * (total_steps - state["step"])
@@ -232,7 +257,7 @@ def train(model: str, train: str, out: str, eval: str | None = None, resume: boo
                           file=log)
                     last["t"] = time.time()
                 if stop:
-                    save_train_state(out / "checkpoint.safetensors", net, opt, sched, scaler, state)
+                    save_state()
                     print(f"minift: stopped by signal at step {state['step']}; checkpoint saved. "
                           f"Continue with --resume.", file=log)
                     return {"stopped_at": state["step"]}
@@ -240,13 +265,30 @@ def train(model: str, train: str, out: str, eval: str | None = None, resume: boo
                 state["epoch"] += 1
                 state["batch"] = 0
                 evaluate(state["epoch"])
-                save_train_state(out / "checkpoint.safetensors", net, opt, sched, scaler, state)
+                save_state()
         if state["batch"]:  # stopped by max_steps inside an epoch
             row = evaluate(state["epoch"] + state["batch"] / len(batches))
-            save_train_state(out / "checkpoint.safetensors", net, opt, sched, scaler, state)
-        else:
+            save_state()
+        elif rank == 0:
             row = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+        else:
+            row = {}
     finally:
         for s, h in handlers.items():
             signal.signal(s, h)
+        if world > 1:
+            dist.destroy_process_group()
     return row
+
+
+def start_distributed(device: torch.device) -> tuple[int, int, torch.device]:
+    """(rank, world size, device) under torchrun (which sets WORLD_SIZE, RANK, LOCAL_RANK); (0, 1, device) otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, device
+    if device.type == "cuda":  # one GPU per process
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size(), device
