@@ -109,11 +109,12 @@ def check_out_dir(out: Path, resume: bool, overwrite: bool):
 
 
 def train(model: str, train: str, out: str, eval: str | None = None, resume: bool = False,
-          overwrite: bool = False, log=sys.stderr, **options) -> dict:
+          overwrite: bool = False, log=None, **options) -> dict:
     """Fine-tune the BERT in directory `model` on file `train`; write the model to `out`.
 
     Options are the fields of RunConfig. Returns the last evaluation's row of metrics.jsonl
     (dev metrics when `eval` is given)."""
+    log = sys.stderr if log is None else log  # looked up per call: sys.stderr may have been replaced since import
     try:
         cfg = RunConfig(model=str(model), train=str(train), out=str(out), eval=eval and str(eval), **options)
     except TypeError as e:
@@ -267,7 +268,7 @@ def train(model: str, train: str, out: str, eval: str | None = None, resume: boo
                 evaluate(state["epoch"])
                 save_state()
         if state["batch"]:  # stopped by max_steps inside an epoch
-            row = evaluate(state["epoch"] + state["batch"] / len(batches))
+            row = evaluate(state["epoch"] + state["batch"] / batches_per_epoch)
             save_state()
         elif rank == 0:
             row = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
