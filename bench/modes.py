@@ -22,7 +22,7 @@ import torch
 from minift.model import BertClassifier, count_params
 from minift.modes import apply_mode
 from minift.predict import evaluate
-from minift.train import DEFAULT_LR, train
+from minift.train_loop import DEFAULT_LR, train
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL, DATA = ROOT / "weights" / "all-MiniLM-L6-v2", ROOT / "data" / "polarity"

@@ -2,5 +2,8 @@
 from minift.config import BertConfig
 from minift.errors import MiniftError
 from minift.model import Bert, BertClassifier
+from minift.predict import embed, evaluate, predict
+from minift.tokenizer import Tokenizer
+from minift.train_loop import train
 
-__all__ = ["Bert", "BertClassifier", "BertConfig", "MiniftError"]
+__all__ = ["Bert", "BertClassifier", "BertConfig", "MiniftError", "Tokenizer", "embed", "evaluate", "predict", "train"]

@@ -34,7 +34,7 @@ TRAIN_HELP = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from minift.train import RunConfig
+    from minift.train_loop import RunConfig
     p = argparse.ArgumentParser(prog="minift", description="A minimal BERT fine-tuner.")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -135,7 +135,7 @@ def run(args):
         else:
             write_lines([{"text": t, "embedding": v} for t, v in zip(texts, vectors.tolist())], args.output)
     elif args.command == "train":
-        from minift.train import train
+        from minift.train_loop import train
         opts = {k: v for k, v in vars(args).items() if k != "command"}
         row = train(**opts)
         if row:  # under torchrun only rank 0 reports

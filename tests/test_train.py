@@ -26,14 +26,14 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-import minift.train
+import minift.train_loop
 from minift.checkpoint import hf_state_dict
 from minift.errors import MiniftError
 from minift.model import BertClassifier, SelfAttention
 from minift.modes import apply_mode, merge_lora, parse_mode
 from minift.predict import evaluate, predict
 from minift.tokenizer import Tokenizer
-from minift.train import train
+from minift.train_loop import train
 from minift.train_step import make_loss_fn, make_optimizer, make_schedule, train_step
 
 CPU = torch.device("cpu")
@@ -374,7 +374,7 @@ def uninterrupted(tiny_dir, clf_data, tmp_path_factory):
 
 def interrupt_at(monkeypatch, at):
     """Deliver SIGINT to this process during step `at`, as Ctrl-C would."""
-    real, calls = minift.train.train_step, []
+    real, calls = minift.train_loop.train_step, []
 
     def step(*args, **kwargs):
         result = real(*args, **kwargs)
@@ -382,7 +382,7 @@ def interrupt_at(monkeypatch, at):
         if len(calls) == at:
             os.kill(os.getpid(), signal.SIGINT)
         return result
-    monkeypatch.setattr(minift.train, "train_step", step)
+    monkeypatch.setattr(minift.train_loop, "train_step", step)
 
 
 @pytest.mark.parametrize("at", [5, 10, 12])  # mid-epoch; at the end of epoch 1; at the very last step
