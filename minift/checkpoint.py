@@ -99,8 +99,10 @@ def _load_safetensors(file: Path) -> dict[str, torch.Tensor]:
                           "Fetch or copy it again.") from None
 
 
-def load_pretrained(cls, path, allow_pickle=False, id2label=None, problem_type=None):
-    """Build `cls` (Bert or BertClassifier) from a Hugging Face directory, checking every shape."""
+def load_pretrained(cls, path, allow_pickle=False, id2label=None, problem_type=None, new_head=False):
+    """Build `cls` (Bert or BertClassifier) from a Hugging Face directory, checking every shape.
+
+    new_head=True leaves out the checkpoint's classifier, for fine-tuning on another label set."""
     from minift.model import Bert
     path = Path(path)
     if not path.is_dir():
@@ -111,6 +113,8 @@ def load_pretrained(cls, path, allow_pickle=False, id2label=None, problem_type=N
     if problem_type is not None:
         cfg.problem_type = problem_type
     sd = read_tensors(path, allow_pickle)
+    if new_head:
+        sd = {k: v for k, v in sd.items() if not k.startswith("classifier.")}
     has_pooler = "pooler.dense.weight" in sd
     model = cls(cfg, pooler=has_pooler) if cls is Bert else cls(cfg)
     prefix = "" if cls is Bert else "bert."

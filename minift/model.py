@@ -160,13 +160,15 @@ class BertClassifier(nn.Module):
         return F.binary_cross_entropy_with_logits(logits, labels.float())
 
     @classmethod
-    def from_pretrained(cls, path, allow_pickle: bool = False, id2label=None, problem_type=None) -> "BertClassifier":
+    def from_pretrained(cls, path, allow_pickle: bool = False, id2label=None, problem_type=None,
+                        new_head: bool = False) -> "BertClassifier":
         """Load a fine-tuned classifier, or a base BERT with a freshly initialised head.
 
-        id2label / problem_type set the head for a new task (they must agree with a head
-        already in the checkpoint, or the shape check says why not)."""
+        id2label / problem_type set the head for a task; new_head=True discards a head already
+        in the checkpoint (else it must fit id2label, or the shape check says why not)."""
         from minift.checkpoint import load_pretrained
-        return load_pretrained(cls, path, allow_pickle=allow_pickle, id2label=id2label, problem_type=problem_type)
+        return load_pretrained(cls, path, allow_pickle=allow_pickle, id2label=id2label, problem_type=problem_type,
+                               new_head=new_head)
 
     save_pretrained = Bert.save_pretrained
 

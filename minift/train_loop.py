@@ -22,6 +22,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from minift.checkpoint import load_train_state, save_train_state
+from minift.config import BertConfig
 from minift.data import TASKS, encode_labels, label_map, length_batches, read_dataset
 from minift.errors import MiniftError
 from minift.model import BertClassifier, count_params
@@ -144,7 +145,13 @@ def train(model: str, train: str, out: str, eval: str | None = None, resume: boo
             print(f"{ds.path}: skipped {ds.skipped_empty} example(s) with empty text", file=log)
 
     id2label = {i: n for n, i in label2id.items()} or {0: "score"}
-    net = BertClassifier.from_pretrained(cfg.model, id2label=id2label, problem_type=PROBLEM_TYPE[cfg.task])
+    # A checkpoint fine-tuned for other labels keeps its encoder and gets a new head.
+    before = BertConfig.from_json(Path(cfg.model) / "config.json")
+    new_head = before.id2label not in (None, id2label) or before.problem_type not in (None, PROBLEM_TYPE[cfg.task])
+    net = BertClassifier.from_pretrained(cfg.model, id2label=id2label, problem_type=PROBLEM_TYPE[cfg.task],
+                                         new_head=new_head)
+    if new_head:
+        print(f"{cfg.model}: its classifier was for {before.id2label}; starting a new one for {id2label}", file=log)
     tok = Tokenizer.from_dir(cfg.model)
     cfg.max_length = cfg.max_length or min(128, net.config.max_position_embeddings)
     if cfg.max_length > net.config.max_position_embeddings:
