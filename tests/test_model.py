@@ -155,3 +155,28 @@ def test_live_minilm_fresh_inputs(minilm_dir):
         h, pooled = ours(ids, mask, types)
     m = mask.bool()
     assert close(h[m], o.last_hidden_state[m]) and close(pooled, o.pooler_output)
+
+
+def test_cpu_attention_matches_sdpa():
+    """The written-out CPU attention and SDPA (the GPU path) compute the same function: fp32 within 1e-6,
+    including a fully padded row (both attend everywhere there, by the mask fix-up in Bert.forward)."""
+    from minift.model import attention
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(3, 4, 9, 8, generator=g) for _ in range(3))
+    m = torch.ones(3, 9, dtype=torch.bool)
+    m[1, 5:] = False
+    mask = m[:, None, None, :]
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    assert close(attention(q, k, v, mask, 0.0), ref, 1e-6)
+    assert close(attention(q, k, v, None, 0.0), torch.nn.functional.scaled_dot_product_attention(q, k, v), 1e-6)
+
+
+def test_dropout_keeps_expectation():
+    """Inverted dropout: kept values scaled by 1/(1-p), about p of them zeroed, identity in eval."""
+    from minift.model import Dropout
+    torch.manual_seed(0)
+    d = Dropout(0.25)
+    y = d(torch.ones(200_000))
+    assert abs((y == 0).float().mean().item() - 0.25) < 0.01
+    assert torch.allclose(y[y != 0], torch.full_like(y[y != 0], 1 / 0.75))
+    assert torch.equal(d.eval()(torch.ones(5)), torch.ones(5))
