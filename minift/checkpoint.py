@@ -180,6 +180,7 @@ def save_pretrained(model, path, tokenizer=None):
 
 def atomic_write(target: Path, write):
     """Call write(tmp_path), fsync, then rename over target: readers see the old file or the new one."""
+    target = Path(target)
     tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
     try:
         write(tmp)

@@ -77,6 +77,8 @@ class BertConfig:
             raise MiniftError(f"{path}: no config.json; a model directory needs config.json beside its weights") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise MiniftError(f"{path}: not valid JSON ({e})") from None
+        except OSError as e:  # unreadable, or a directory where the file should be
+            raise MiniftError(f"{path}: cannot be read ({e.strerror})") from None
         if not isinstance(d, dict):
             raise MiniftError(f"{path}: expected a JSON object of BERT settings")
         try:

@@ -78,6 +78,10 @@ class RunConfig:
             positive(name)
         for name in ("lr", "max_grad_norm", "lora_alpha", "layer_decay"):  # lr None: set below
             positive(name, integer=False)
+        least = 3 if self.text_pair_column else 2  # [CLS] and [SEP], and a second [SEP] for a pair
+        if self.max_length is not None and self.max_length < least:
+            raise MiniftError(f"--max-length {self.max_length}: expected at least {least} tokens "
+                              "([CLS] and [SEP] included)")
         if not 0 <= self.warmup < 1:
             raise MiniftError(f"--warmup {self.warmup}: expected the warmup fraction of all steps, in [0, 1)")
         if self.weight_decay < 0:
@@ -110,11 +114,12 @@ def check_out_dir(out: Path, resume: bool, overwrite: bool):
 
 
 def train(model: str, train: str, out: str, eval: str | None = None, resume: bool = False,
-          overwrite: bool = False, log=None, **options) -> dict:
+          overwrite: bool = False, allow_pickle: bool = False, log=None, **options) -> dict:
     """Fine-tune the BERT in directory `model` on file `train`; write the model to `out`.
 
-    Options are the fields of RunConfig. Returns the last evaluation's row of metrics.jsonl
-    (dev metrics when `eval` is given)."""
+    Options are the fields of RunConfig. allow_pickle=True lets a model directory that has only
+    pytorch_model.bin load (through torch.load(weights_only=True)); the output is safetensors either way.
+    Returns the last evaluation's row of metrics.jsonl (dev metrics when `eval` is given)."""
     log = sys.stderr if log is None else log  # looked up per call: sys.stderr may have been replaced since import
     try:
         cfg = RunConfig(model=str(model), train=str(train), out=str(out), eval=eval and str(eval), **options)
@@ -134,7 +139,10 @@ def train(model: str, train: str, out: str, eval: str | None = None, resume: boo
 
     # ---- data: read, map labels, tokenise once ----
     tr = read_dataset(cfg.train, cfg.text_column, cfg.text_pair_column, cfg.label_column)
-    label2id = label_map(tr.labels, cfg.task)
+    try:
+        label2id = label_map(tr.labels, cfg.task)
+    except MiniftError as e:  # label_map sees values only: name the file they came from
+        raise MiniftError(f"{cfg.train}: {e}") from None
     y_tr = encode_labels(tr, label2id, cfg.task)
     dv = y_dv = None
     if cfg.eval:
@@ -145,11 +153,13 @@ def train(model: str, train: str, out: str, eval: str | None = None, resume: boo
             print(f"{ds.path}: skipped {ds.skipped_empty} example(s) with empty text", file=log)
 
     id2label = {i: n for n, i in label2id.items()} or {0: "score"}
+    if not Path(cfg.model).is_dir():
+        raise MiniftError(f"{cfg.model}: no such model directory")
     # A checkpoint fine-tuned for other labels keeps its encoder and gets a new head.
     before = BertConfig.from_json(Path(cfg.model) / "config.json")
     new_head = before.id2label not in (None, id2label) or before.problem_type not in (None, PROBLEM_TYPE[cfg.task])
-    net = BertClassifier.from_pretrained(cfg.model, id2label=id2label, problem_type=PROBLEM_TYPE[cfg.task],
-                                         new_head=new_head)
+    net = BertClassifier.from_pretrained(cfg.model, allow_pickle=allow_pickle, id2label=id2label,
+                                         problem_type=PROBLEM_TYPE[cfg.task], new_head=new_head)
     if new_head:
         print(f"{cfg.model}: its classifier was for {before.id2label}; starting a new one for {id2label}", file=log)
     tok = Tokenizer.from_dir(cfg.model)
@@ -159,7 +169,11 @@ def train(model: str, train: str, out: str, eval: str | None = None, resume: boo
                           f"{net.config.max_position_embeddings} positions (max_position_embeddings)")
     tok.model_max_length = cfg.max_length  # so that predict truncates as training did
     if resume:
-        saved = json.loads((out / "run.json").read_text())
+        try:
+            saved = json.loads((out / "run.json").read_text())
+        except (OSError, ValueError) as e:
+            raise MiniftError(f"--resume: {out / 'run.json'}, the record of the run's settings, cannot be read "
+                              f"({e}); start a new run instead") from None
         changed = {k: (saved.get(k), v) for k, v in dataclasses.asdict(cfg).items() if saved.get(k) != v}
         if changed:
             raise MiniftError(f"--resume: these settings differ from the run in {out} (was, now): {changed}; "
@@ -178,19 +192,19 @@ def train(model: str, train: str, out: str, eval: str | None = None, resume: boo
     # Under torchrun, DDP averages the gradients of the ranks' slices of each global batch.
     ddp = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else net
     loss_fn = make_loss_fn(ddp, amp_dtype, device, compile)
-    print(f"minift: {cfg.mode} fine-tuning, {count_params(net, True):,} of {count_params(net):,} parameters train; "
-          f"{len(ids)} examples, {total_steps} steps of {cfg.batch_size * cfg.grad_accum}; device {device}, "
-          f"precision {amp_dtype or 'fp32'}, compile {'on' if compile else 'off'}"
-          + (f", {world} processes" if world > 1 else ""), file=log)
 
     state = {"step": 0, "epoch": 0, "batch": 0, "best": None, "tokens": 0}
-    if resume:
+    if resume:  # before the first line of output: a checkpoint that cannot be resumed is a plain refusal
         state = load_train_state(out / "checkpoint.safetensors", net, opt, sched, scaler)
     elif rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         for name in ("metrics.jsonl", "checkpoint.safetensors"):  # --overwrite: the old run's records go
             (out / name).unlink(missing_ok=True)
         (out / "run.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+    print(f"minift: {cfg.mode} fine-tuning, {count_params(net, True):,} of {count_params(net):,} parameters train; "
+          f"{len(ids)} examples, {total_steps} steps of {cfg.batch_size * cfg.grad_accum}; device {device}, "
+          f"precision {amp_dtype or 'fp32'}, compile {'on' if compile else 'off'}"
+          + (f", {world} processes" if world > 1 else ""), file=log)
 
     def save_state():
         if rank == 0:
@@ -281,6 +295,10 @@ def train(model: str, train: str, out: str, eval: str | None = None, resume: boo
             row = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
         else:
             row = {}
+        if world > 1:
+            # Rank 0 may still be evaluating and saving; a rank that tears its process group down meanwhile
+            # was seen to abort ("terminate called without an active exception"). Leave together.
+            dist.barrier()
     finally:
         for s, h in handlers.items():
             signal.signal(s, h)
