@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--max-length", type=int, default=256, help="tokens per text (256, as sentence-transformers "
                                                                 "uses for all-MiniLM-L6-v2)")
     e.add_argument("--batch-size", type=int, default=64)
+    add_allow_pickle(e)
 
     t = sub.add_parser("train", help="fine-tune a BERT classifier or regressor")
     t.add_argument("--model", required=True, help="directory of a Hugging Face BERT (e.g. weights/all-MiniLM-L6-v2)")
@@ -69,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
         t.add_argument(flag, type=typ, default=field.default, help=help_)
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     t.add_argument("--overwrite", action="store_true", help="replace a previous run in --out")
+    add_allow_pickle(t)
 
     for name, help_ in (("predict", "label and class probabilities per text"), ("eval", "metrics on a labelled file")):
         q = sub.add_parser(name, help=help_)
@@ -86,7 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--max-length", type=int, help="default: the length the model was trained with")
         q.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
         q.add_argument("--device", default="auto")
+        add_allow_pickle(q)
     return p
+
+
+def add_allow_pickle(parser):
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="load a model directory that has only pytorch_model.bin (a pickle, which can run code "
+                             "when loaded) through torch.load(weights_only=True); off by default")
 
 
 def read_texts(args) -> tuple[list[str], list[str] | None]:
@@ -104,6 +113,8 @@ def read_texts(args) -> tuple[list[str], list[str] | None]:
             raise MiniftError(f"{path}: cannot be read as UTF-8 text ({e})") from None
     from minift.data import read_dataset
     ds = read_dataset(path, args.text_column, getattr(args, "text_pair_column", None), need_labels=False)
+    if ds.skipped_empty:  # the output then has fewer rows than the file: say why
+        print(f"{path}: skipped {ds.skipped_empty} row(s) with empty text", file=sys.stderr)
     return ds.texts, ds.pairs
 
 
@@ -126,7 +137,8 @@ def run(args):
     elif args.command == "embed":
         from minift.predict import embed
         texts, _ = read_texts(args)
-        vectors = embed(args.model, texts, batch_size=args.batch_size, max_length=args.max_length)
+        vectors = embed(args.model, texts, batch_size=args.batch_size, max_length=args.max_length,
+                        allow_pickle=args.allow_pickle)
         if args.output and args.output.endswith(".npy"):
             import numpy as np
             from minift.checkpoint import atomic_write
@@ -143,12 +155,16 @@ def run(args):
     elif args.command == "predict":
         from minift.predict import predict
         texts, pairs = read_texts(args)
-        rows = predict(args.model, texts, pairs, args.batch_size, args.max_length, args.device, args.precision)
+        rows = predict(args.model, texts, pairs, args.batch_size, args.max_length, args.device, args.precision,
+                       args.allow_pickle)
         write_lines([{"text": t, **r} for t, r in zip(texts, rows)], args.output)
     elif args.command == "eval":
         from minift.predict import evaluate
-        print(json.dumps(evaluate(args.model, args.data, args.text_column, args.text_pair_column, args.label_column,
-                                  args.batch_size, args.max_length, args.device, args.precision)))
+        result = evaluate(args.model, args.data, args.text_column, args.text_pair_column, args.label_column,
+                          args.batch_size, args.max_length, args.device, args.precision, args.allow_pickle)
+        if result["skipped_empty"]:
+            print(f"{args.data}: skipped {result['skipped_empty']} row(s) with empty text", file=sys.stderr)
+        print(json.dumps(result))
 
 
 def main(argv=None) -> int:

@@ -57,9 +57,21 @@ def metrics(logits: torch.Tensor, labels: torch.Tensor, task: str) -> dict[str, 
     return {"loss": loss, "accuracy": acc, "macro_f1": f1.mean().item()}
 
 
-def load(model_dir, device="auto"):
+def check_sizes(model, batch_size: int, max_length: int | None, pairs: bool = False):
+    """Refuse sizes the model cannot run before any work, instead of failing deep in a forward pass."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+        raise MiniftError(f"--batch-size {batch_size}: expected a positive whole number")
+    if max_length is None:
+        return
+    least, most = (3 if pairs else 2), model.config.max_position_embeddings
+    if not least <= max_length <= most:
+        raise MiniftError(f"--max-length {max_length}: expected {least} to {most} tokens ([CLS] and [SEP] "
+                          f"included; the model has {most} positions, max_position_embeddings)")
+
+
+def load(model_dir, device="auto", allow_pickle=False):
     """A fine-tuned model directory -> (model on device, tokenizer, task)."""
-    model = BertClassifier.from_pretrained(model_dir)
+    model = BertClassifier.from_pretrained(model_dir, allow_pickle=allow_pickle)
     tokenizer = Tokenizer.from_dir(model_dir)
     task = TASK.get(model.config.problem_type or "single_label_classification")
     if model.config.num_labels == 1 and model.config.problem_type is None:
@@ -69,10 +81,12 @@ def load(model_dir, device="auto"):
 
 
 def predict(model_dir, texts: list[str], pairs: list[str] | None = None, batch_size: int = 64,
-            max_length: int | None = None, device: str = "auto", precision: str = "auto") -> list[dict]:
+            max_length: int | None = None, device: str = "auto", precision: str = "auto",
+            allow_pickle: bool = False) -> list[dict]:
     """Per text: {"label": name, "probs": {name: p}} (classify, multilabel: "labels" and per-label probs),
     or {"score": x} (regression)."""
-    model, tok, task = load(model_dir, device)
+    model, tok, task = load(model_dir, device, allow_pickle)
+    check_sizes(model, batch_size, max_length, pairs is not None)
     dev = next(model.parameters()).device
     ids, types = tok.encode(texts, pairs, max_length or min(tok.model_max_length, model.config.max_position_embeddings))
     logits = logits_for(model, ids, types, tok.pad_id, batch_size, dev, pick_precision(precision, dev))
@@ -87,9 +101,11 @@ def predict(model_dir, texts: list[str], pairs: list[str] | None = None, batch_s
 
 
 def evaluate(model_dir, data, text_column="text", text_pair_column=None, label_column="label",
-             batch_size: int = 64, max_length: int | None = None, device: str = "auto", precision: str = "auto") -> dict:
+             batch_size: int = 64, max_length: int | None = None, device: str = "auto", precision: str = "auto",
+             allow_pickle: bool = False) -> dict:
     """Metrics of a fine-tuned model on a labelled file (see metrics())."""
-    model, tok, task = load(model_dir, device)
+    model, tok, task = load(model_dir, device, allow_pickle)
+    check_sizes(model, batch_size, max_length, text_pair_column is not None)
     dev = next(model.parameters()).device
     ds = read_dataset(data, text_column, text_pair_column, label_column)
     if task != "regression" and not model.config.id2label:
@@ -101,14 +117,17 @@ def evaluate(model_dir, data, text_column="text", text_pair_column=None, label_c
 
 
 @torch.inference_mode()
-def embed(model_dir, texts: list[str], batch_size: int = 64, max_length: int = 256, device: str = "auto") -> torch.Tensor:
+def embed(model_dir, texts: list[str], batch_size: int = 64, max_length: int = 256, device: str = "auto",
+          allow_pickle: bool = False) -> torch.Tensor:
     """Sentence embeddings [N, H], fp32: the mean of the last hidden states over real tokens, L2-normalised
-    (what sentence-transformers computes for all-MiniLM-L6-v2)."""
+    (what sentence-transformers computes for all-MiniLM-L6-v2). max_length is capped at the model's positions."""
     from minift.model import Bert
     dev = pick_device(device)
-    model = Bert.from_pretrained(model_dir).to(dev).eval()
+    model = Bert.from_pretrained(model_dir, allow_pickle=allow_pickle).to(dev).eval()
+    max_length = min(max_length, model.config.max_position_embeddings)
+    check_sizes(model, batch_size, max_length)
     tok = Tokenizer.from_dir(model_dir)
-    ids, types = tok.encode(texts, None, min(max_length, model.config.max_position_embeddings))
+    ids, types = tok.encode(texts, None, max_length)
     out = torch.empty(len(texts), model.config.hidden_size)
     for idx in length_batches([len(x) for x in ids], batch_size, seed=None):
         b = {k: v.to(dev) for k, v in Tokenizer.pad([ids[i] for i in idx], [types[i] for i in idx], tok.pad_id).items()}
