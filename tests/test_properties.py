@@ -1,0 +1,129 @@
+"""Properties on arbitrary input (hypothesis): the tokenizer and the data readers.
+
+Bounded (60 examples a test) and derandomized, so every run, in CI too, tries the same examples.
+"""
+import csv
+import io
+import json
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from minift.data import read_dataset
+from minift.errors import MiniftError
+from minift.tokenizer import Tokenizer
+
+# tmp_path is shared by a test's examples: each example rewrites its file, so that is fine
+BOUNDED = settings(max_examples=60, deadline=None, derandomize=True,
+                   suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+# Text that stresses both the tokenizer and the file formats: any Unicode, plus the characters
+# that CSV, TSV and JSON treat specially, a BOM, and whitespace that str.strip() removes.
+SPECIAL = st.sampled_from(list(',"\t\n\r\\{}[]:\'\ufeff\u2028\x00\x1c \u00a0') + ["[SEP]", "[CLS]", '""'])
+TEXT = st.lists(st.one_of(st.text(max_size=12), SPECIAL), max_size=8).map("".join)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def tok(tiny_dir):
+    return Tokenizer.from_dir(tiny_dir)
+
+
+# ---- the tokenizer ----
+
+@BOUNDED
+@given(texts=st.lists(TEXT, min_size=1, max_size=4), max_length=st.integers(3, 64))
+def test_tokenizer_single_texts(tok, texts, max_length):
+    ids, types = tok.encode(texts, None, max_length)
+    assert len(ids) == len(types) == len(texts)
+    for i, t in zip(ids, types):
+        assert 2 <= len(i) <= max_length
+        assert i[0] == tok.cls_id and i[-1] == tok.sep_id
+        assert t == [0] * len(i)
+        assert all(0 <= x < tok.vocab_size for x in i)
+
+
+@BOUNDED
+@given(pairs=st.lists(st.tuples(TEXT, TEXT), min_size=1, max_size=4), max_length=st.integers(3, 64))
+def test_tokenizer_pairs(tok, pairs, max_length):
+    firsts, seconds = [a for a, _ in pairs], [b for _, b in pairs]
+    ids, types = tok.encode(firsts, seconds, max_length)
+    for i, t in zip(ids, types):
+        assert 3 <= len(i) <= max_length and len(t) == len(i)
+        assert i[0] == tok.cls_id and i[-1] == tok.sep_id
+        first = t.index(1)  # type ids: 0 for [CLS] a [SEP], then 1 for b [SEP]
+        assert first >= 2 and t == [0] * first + [1] * (len(t) - first)
+        assert i[first - 1] == tok.sep_id
+    batch = Tokenizer.pad(ids, types, tok.pad_id)
+    assert batch["input_ids"].shape == (len(pairs), max(map(len, ids)))
+    assert batch["attention_mask"].sum(1).tolist() == [len(i) for i in ids]
+
+
+# ---- the data readers ----
+
+ROWS = st.lists(st.tuples(TEXT, TEXT), min_size=1, max_size=8)
+
+
+def check_round_trip(path, rows):
+    """read_dataset gives back the texts (stripped, empty ones skipped and counted) and the raw labels,
+    or refuses with a MiniftError; nothing else."""
+    try:
+        ds = read_dataset(path)
+    except MiniftError as e:
+        # The one refusal a well-formed file can earn: no text left at all.
+        assert all(not text.strip() for text, _ in rows), str(e)
+        assert "no examples" in str(e)
+        return
+    kept = [(text.strip(), label) for text, label in rows if text.strip()]
+    assert ds.texts == [text for text, _ in kept]
+    assert ds.labels == [label for _, label in kept]
+    assert ds.skipped_empty == len(rows) - len(kept)
+
+
+@BOUNDED
+@given(rows=ROWS, delimiter=st.sampled_from([",", "\t"]), bom=st.booleans())
+def test_csv_and_tsv_written_by_csv_writer_read_back(tmp_path, rows, delimiter, bom):
+    buf = io.StringIO(newline="")
+    w = csv.writer(buf, delimiter=delimiter)
+    w.writerow(["text", "label"])
+    w.writerows(rows)
+    path = tmp_path / ("x.csv" if delimiter == "," else "x.tsv")
+    path.write_bytes(("\ufeff" if bom else "").encode() + buf.getvalue().encode("utf-8"))
+    check_round_trip(path, rows)
+
+
+@BOUNDED
+@given(rows=ROWS, ensure_ascii=st.booleans())
+def test_jsonl_written_by_json_dumps_reads_back(tmp_path, rows, ensure_ascii):
+    path = tmp_path / "x.jsonl"
+    path.write_text("".join(json.dumps({"text": t, "label": label}, ensure_ascii=ensure_ascii) + "\n"
+                            for t, label in rows), encoding="utf-8")
+    check_round_trip(path, rows)
+
+
+HEADERS = {".csv": b"text,label\n", ".tsv": b"text\tlabel\n", ".jsonl": b'{"text": "a", "label": "b"}\n'}
+# Bytes near the formats' syntax find parser corners faster than uniform noise.
+SYNTAX = st.text(alphabet=',"\t\n\r{}[]:\\ab0 \ufeff\u2028', max_size=80).map(str.encode)
+
+
+@BOUNDED
+@given(suffix=st.sampled_from(sorted(HEADERS)), body=st.one_of(st.binary(max_size=200), SYNTAX),
+       with_header=st.booleans())
+def test_malformed_bytes_are_read_or_refused(tmp_path, suffix, body, with_header):
+    path = tmp_path / f"x{suffix}"
+    path.write_bytes((HEADERS[suffix] if with_header else b"") + body)
+    try:
+        ds = read_dataset(path)
+    except MiniftError as e:
+        assert str(path) in str(e)  # every refusal names the file
+        return
+    assert len(ds.texts) == len(ds.labels) == len(ds.lines) and all(t == t.strip() and t for t in ds.texts)
