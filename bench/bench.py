@@ -1,0 +1,459 @@
+"""minift versus Hugging Face transformers, side by side: same weights, data and machine.
+
+    python bench/bench.py [--quick] [--device cpu|cuda] [--out bench/results] [--cases abcd] [--accuracy]
+
+(a) fixed-shape training step, (b) fine-tuning steps on real polarity batches, (c) inference on the
+polarity test set, (d) torch.compile of minift's loss. Prints a Markdown table and writes OUT/bench.json;
+bench/README.md says how to read them. --quick only checks that everything runs.
+"""
+import argparse
+import datetime
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from minift.config import BertConfig
+from minift.data import encode_labels, label_map, length_batches, read_dataset
+from minift.model import BertClassifier
+from minift.predict import logits_for
+from minift.tokenizer import Tokenizer
+from minift.train_step import make_loss_fn, make_optimizer, make_schedule, pick_precision, train_step
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL, DATA = ROOT / "weights" / "all-MiniLM-L6-v2", ROOT / "data" / "polarity"
+MAX_LEN, BATCH, LR, WD = 128, 32, 5e-5, 0.01
+BF16 = torch.bfloat16
+SYNTHETIC = "synthetic bert-base (random weights)"
+# Useful work, the usual accounting (Kaplan et al. 2020): per token a forward pass does one multiply-add
+# per weight (2N) plus the attention scores Q.K^T and the weighted sum of V over the T tokens of its
+# sequence (4*L*H*T); backward does twice the forward. Padding is not useful work: T is the real length.
+FLOPS_FORMULA = ("per sequence of T real tokens: forward = T * (2*N + 4*L*H*T), training = 3 * forward; N = the "
+                 "encoder layers' weights (embeddings are lookups, pooler and head run once per sequence)")
+
+
+def sync(dev):
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def autocast(dev, dtype):
+    return torch.autocast(dev.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
+def pname(dtype):
+    return "bf16" if dtype == BF16 else "fp32"
+
+
+def low_precision(dev):
+    """bf16 where minift's precision "auto" picks it, else None (fp32). Its fp16 choice on old GPUs
+    would need a GradScaler in both training loops; this benchmark leaves that out."""
+    return BF16 if pick_precision("auto", dev) == BF16 else None
+
+
+def to(batch, dev):
+    return {k: v.to(dev) for k, v in batch.items()}
+
+
+def random_batch(B, T, dev, seed=0):
+    """Random token ids (no special or padding ids), no padding, random binary labels."""
+    g = torch.Generator().manual_seed(seed)
+    zeros = torch.zeros(B, T, dtype=torch.long)
+    return to({"input_ids": torch.randint(1000, 30000, (B, T), generator=g), "attention_mask": zeros + 1,
+               "token_type_ids": zeros, "labels": torch.randint(0, 2, (B,), generator=g)}, dev)
+
+
+# ---------------------------------------------------------------- ceilings and FLOPs
+def ceilings(dev, quick):
+    """Best matmul GFLOP/s per precision and copy GB/s: what the hardware gives this process right now."""
+    # Large enough to reach the peak (on a CPU 4096 beat 2048 by ~15% in fp32), small enough to take seconds.
+    n, reps = (8192, 10) if dev.type == "cuda" else (2048 if quick else 4096, 1)
+    out = {}
+    for dt in (torch.float32, BF16):
+        a, b = (torch.randn(n, n, device=dev).to(dt) for _ in range(2))
+        best = float("inf")
+        for _ in range(3 if quick else 6):
+            sync(dev); t = time.perf_counter()
+            for _ in range(reps):
+                torch.mm(a, b)
+            sync(dev); best = min(best, (time.perf_counter() - t) / reps)
+        out[f"{pname(dt)}_matmul_gflops"] = round(2 * n ** 3 / best / 1e9, 1)
+    src = torch.randn(64 * 2 ** 20, device=dev)  # 256 MiB, far beyond any cache
+    dst, best = torch.empty_like(src), float("inf")
+    for _ in range(5):
+        sync(dev); t = time.perf_counter(); dst.copy_(src); sync(dev); best = min(best, time.perf_counter() - t)
+    out["copy_gbs_read_plus_write"] = round(2 * src.nbytes / best / 1e9, 1)
+    return out
+
+
+def flops(lengths, cfg, train):
+    H, I, L = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
+    N = L * (4 * H * H + 2 * H * I + 9 * H + I)  # qkv + out, fc + proj, their biases, two LayerNorms
+    return (3 if train else 1) * sum(t * (2 * N + 4 * L * H * t) for t in lengths)
+
+
+# ---------------------------------------------------------------- the two systems
+def minift_model(cfg, dev):
+    torch.manual_seed(0)
+    net = BertClassifier(cfg) if cfg else BertClassifier.from_pretrained(MODEL, id2label={0: "-1", 1: "1"})
+    return net.to(dev)
+
+
+def hf_model(cfg, dev):
+    import transformers
+    transformers.logging.set_verbosity_error()  # the "newly initialised classifier" warning
+    transformers.logging.disable_progress_bar()
+    torch.manual_seed(0)
+    if cfg is None:
+        return transformers.BertForSequenceClassification.from_pretrained(
+            MODEL, num_labels=2, attn_implementation="sdpa").to(dev)
+    return transformers.BertForSequenceClassification(transformers.BertConfig(
+        hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_hidden_layers, intermediate_size=cfg.intermediate_size,
+        num_attention_heads=cfg.num_attention_heads, num_labels=2, attn_implementation="sdpa")).to(dev)
+
+
+def minift_trainer(cfg, dev, amp, total_steps=10 ** 6, compile=False):
+    """One call = one update as minift's loop makes it: make_loss_fn + train_step, fused AdamW, schedule."""
+    net = minift_model(cfg, dev).train()
+    opt = make_optimizer(net, LR, WD)
+    sched = make_schedule(opt, int(0.1 * total_steps), total_steps)
+    loss_fn = make_loss_fn(net, amp, dev, compile)
+    return lambda b: train_step(loss_fn, opt, sched, None, [b]), net
+
+
+def hf_trainer(cfg, dev, amp, total_steps=10 ** 6):
+    """One call = the update Trainer makes: forward under autocast, backward, clip, AdamW as constructed by
+    default (no fused/foreach flag), linear warmup/decay LambdaLR."""
+    from transformers import get_linear_schedule_with_warmup
+    net = hf_model(cfg, dev).train()
+    named = list(net.named_parameters())  # Trainer's groups: no decay on biases and LayerNorm
+    opt = torch.optim.AdamW([{"params": [p for n, p in named if p.ndim >= 2], "weight_decay": WD},
+                             {"params": [p for n, p in named if p.ndim < 2], "weight_decay": 0.0}], lr=LR)
+    sched = get_linear_schedule_with_warmup(opt, int(0.1 * total_steps), total_steps)
+
+    def step(b):
+        with autocast(dev, amp):
+            loss = net(**b).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step(); sched.step(); opt.zero_grad(set_to_none=True)
+    return step, net
+
+
+def alternate(units, repeats, dev):
+    """Time each unit of work in turn (a, b, a, b, ...) so that drift in the machine hits all alike."""
+    times = {k: [] for k in units}
+    for _ in range(repeats):
+        for k, fn in units.items():
+            sync(dev); t = time.perf_counter(); fn(); sync(dev)
+            times[k].append(time.perf_counter() - t)
+    return times
+
+
+def row(case, system, times, per, unit, work, work_unit, fl=None, ceiling=None, **extra):
+    """A table row. Each timed repeat did `per` units (steps, passes), `work` items (seqs, tokens, steps)
+    and `fl` useful FLOPs, all three counted over the whole repeat."""
+    ts = [t / per for t in times]
+    med = statistics.median(ts)
+    r = {"case": case, "system": system, "unit": unit, "median": med, "min": min(ts), "max": max(ts),
+         "times": times, "throughput": work / med / per, "throughput_unit": work_unit, **extra}
+    if fl is not None:
+        r["useful_gflops"] = round(fl / per / med / 1e9, 1)
+        r["mfu"] = fl / per / med / 1e9 / ceiling
+    return r
+
+
+# ---------------------------------------------------------------- (a) fixed-shape training step
+def case_a(dev, args, ceil):
+    shapes = [(None, "MiniLM", BATCH, MAX_LEN)]
+    if dev.type == "cuda":
+        base = BertConfig(id2label={0: "0", 1: "1"})  # bert-base sizes are BertConfig's defaults
+        shapes += [(base, SYNTHETIC, 64, 128), (base, SYNTHETIC, 32, 512)]
+    per = {(False, "cuda"): 20, (False, "cpu"): 2, (True, "cuda"): 5, (True, "cpu"): 1}[args.quick, dev.type]
+    rows = []
+    for cfg, name, B, T in shapes:
+        batch, fl = random_batch(B, T, dev), flops([T] * B, cfg or BertConfig.from_json(MODEL), train=True) * per
+        for amp in (None, BF16):
+            steps = {"minift": minift_trainer(cfg, dev, amp)[0], "transformers": hf_trainer(cfg, dev, amp)[0]}
+            for _ in range(args.warmup):
+                for s in steps.values():
+                    s(batch)
+            units = {k: lambda s=s: [s(batch) for _ in range(per)] for k, s in steps.items()}
+            times = alternate(units, args.repeats, dev)
+            rows += [row(f"a train {name} {B}x{T} {pname(amp)}", k, t, per, "s/step", B * per, "seq/s", fl,
+                         ceil[f"{pname(amp)}_matmul_gflops"]) for k, t in times.items()]
+    return rows
+
+
+# ---------------------------------------------------------------- (b) real-length fine-tuning steps
+def polarity(split):
+    tok = Tokenizer.from_dir(MODEL)
+    ds = read_dataset(DATA / f"{split}.csv")
+    y = encode_labels(ds, label_map(ds.labels, "classify"), "classify")
+    ids, types = tok.encode(ds.texts, None, MAX_LEN)
+    return tok, ids, types, y
+
+
+def b_systems(dev, with_hf=True):
+    """name -> (batch index lists in the order that system's loop visits them, collate, autocast dtype)."""
+    tok, ids, types, y = polarity("train")
+    lengths, low = [len(x) for x in ids], low_precision(dev)
+
+    def minift_collate(idx):
+        return {**Tokenizer.pad([ids[i] for i in idx], [types[i] for i in idx], tok.pad_id), "labels": y[idx]}
+    batches = length_batches(lengths, BATCH, seed=0)
+    systems = {f"minift: bucketed, pad to longest, {pname(low)}": (batches, minift_collate, low)}
+    if not with_hf:  # keeps transformers out of minift's peak-RSS process
+        return systems, lengths
+    from transformers import AutoTokenizer, DataCollatorWithPadding
+    hf_tok = AutoTokenizer.from_pretrained(MODEL)
+
+    def hf_collate(padding):  # what Trainer's DataCollatorWithPadding does to tokenised examples
+        c = DataCollatorWithPadding(hf_tok, padding=padding, max_length=MAX_LEN)
+        return lambda idx: c([{"input_ids": ids[i], "token_type_ids": types[i], "attention_mask": [1] * len(ids[i]),
+                               "labels": int(y[i])} for i in idx])
+    shuffled = [b.tolist() for b in torch.randperm(len(ids), generator=torch.Generator().manual_seed(0)).split(BATCH)]
+    systems[f"transformers (i): random order, pad to longest, {pname(low)}"] = (shuffled, hf_collate("longest"), low)
+    systems["transformers (ii): defaults, fp32, pad to 128"] = (shuffled, hf_collate("max_length"), None)
+    return systems, lengths
+
+
+def case_b(dev, args, ceil, rss):
+    systems, lengths = b_systems(dev)
+    cfg, units, info = BertConfig.from_json(MODEL), {}, {}
+    for name, (batches, collate, amp) in systems.items():
+        step = (minift_trainer if name.startswith("minift") else hf_trainer)(None, dev, amp)[0]
+        for idx in batches[:args.b_warmup]:
+            step(to(collate(idx), dev))
+        timed = batches[args.b_warmup:args.b_warmup + args.steps]
+        real = [lengths[i] for idx in timed for i in idx]
+        padded = sum(collate(idx)["input_ids"].numel() for idx in timed)
+        info[name] = dict(seqs=len(real), toks=sum(real), pad=1 - sum(real) / padded, fl=flops(real, cfg, True),
+                          ceiling=ceil[f"{pname(amp)}_matmul_gflops"])
+        # Collation is inside the timed loop: each system's loop pays for its own.
+        units[name] = lambda s=step, c=collate, tb=timed: [s(to(c(idx), dev)) for idx in tb]
+    times = alternate(units, args.repeats, dev)
+    return [row("b train polarity, real lengths", k, t, args.steps, "s/step", info[k]["toks"], "real tok/s",
+                info[k]["fl"], info[k]["ceiling"], seq_s=info[k]["seqs"] / statistics.median(t),
+                padded_fraction=info[k]["pad"], **rss.get(k.split(":")[0], {})) for k, t in times.items()]
+
+
+def rss_case(key, dev, quick):
+    """A few steps of one (b) system in a fresh process: its first 4 batches (none if quick), then the batch
+    holding the longest example, so that each system meets its own largest padded shape."""
+    systems, lengths = b_systems(dev, with_hf=key != "minift")
+    batches, collate, amp = next(v for k, v in systems.items() if k.startswith(key + ":"))
+    step = (minift_trainer if key == "minift" else hf_trainer)(None, dev, amp)[0]
+    longest = max(range(len(lengths)), key=lengths.__getitem__)
+    for idx in batches[:0 if quick else 4] + [next(b for b in batches if longest in b)]:
+        step(to(collate(idx), dev))
+    out = {"peak_rss_mib": round(peak_rss_kib() / 1024, 1)}
+    if dev.type == "cuda":
+        out["peak_cuda_alloc_mib"] = round(torch.cuda.max_memory_allocated() / 2 ** 20, 1)
+    print(json.dumps(out))
+
+
+def peak_rss_kib():
+    """This process image's peak RSS. Linux carries ru_maxrss over fork and exec, so a child of a big
+    parent would report the parent's peak; VmHWM belongs to the new address space alone."""
+    try:
+        return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+
+
+def measure_rss(dev, quick):
+    out = {}
+    for key in ("minift", "transformers (i)", "transformers (ii)"):
+        cmd = [sys.executable, __file__, "--rss-case", key, "--device", dev.type] + ["--quick"] * quick
+        p = subprocess.run(cmd, capture_output=True, text=True)
+        if p.returncode:
+            print(f"peak RSS of {key} failed:\n{p.stderr[-2000:]}", file=sys.stderr)
+            continue
+        out[key] = json.loads(p.stdout.strip().splitlines()[-1])
+    return out
+
+
+# ---------------------------------------------------------------- (c) inference on the test set
+def case_c(dev, args, ceil):
+    from transformers import AutoTokenizer, DataCollatorWithPadding
+    tok, ids, types, _ = polarity("test")
+    n = 128 if args.quick else len(ids)  # quick: the first two batches
+    ids, types, lengths = ids[:n], types[:n], [len(x) for x in ids[:n]]
+    collate = DataCollatorWithPadding(AutoTokenizer.from_pretrained(MODEL))
+    mf, hf = minift_model(None, dev).eval(), hf_model(None, dev).eval()
+    fl = flops(lengths, BertConfig.from_json(MODEL), train=False)
+
+    @torch.inference_mode()
+    def hf_pass(amp):  # file order, each batch padded to its longest
+        for s in range(0, n, 64):
+            b = collate([{"input_ids": ids[i], "token_type_ids": types[i], "attention_mask": [1] * len(ids[i])}
+                         for i in range(s, min(s + 64, n))])
+            with autocast(dev, amp):
+                hf(**to(b, dev)).logits.float().cpu()
+    rows = []
+    for amp in [None] + [low_precision(dev)] * (low_precision(dev) is not None):
+        units = {"minift": lambda a=amp: logits_for(mf, ids, types, tok.pad_id, 64, dev, a),
+                 "transformers": lambda a=amp: hf_pass(a)}
+        for u in units.values():
+            u()  # warm-up
+        times = alternate(units, args.repeats, dev)
+        rows += [row(f"c inference polarity test ({n}), {pname(amp)}", k, t, 1, "s/pass", sum(lengths), "real tok/s",
+                     fl, ceil[f"{pname(amp)}_matmul_gflops"], seq_s=n / statistics.median(t)) for k, t in times.items()]
+    return rows
+
+
+# ---------------------------------------------------------------- (d) torch.compile
+def case_d(dev, args):
+    """First (compiling) step, recompilations over 4 sequence lengths, then steady steps/s: compiled vs eager."""
+    from torch._dynamo.utils import counters
+    # No length equal to the batch size: dynamo's duck sizing would tie T to B and recompile once more.
+    low, lens = low_precision(dev), (40, 64, 96, 128)
+    batches = [random_batch(BATCH, T, dev, seed=T) for T in lens]
+    torch._dynamo.reset(); counters.clear()
+    steps, info = {}, {}
+    for compiled in (True, False):
+        name = f"minift {'compiled (dynamic=True)' if compiled else 'eager'}, {pname(low)}"
+        steps[name] = step = minift_trainer(None, dev, low, compile=compiled)[0]
+        sync(dev); t = time.perf_counter(); step(batches[0]); sync(dev)
+        info[name] = {"first_step_s": round(time.perf_counter() - t, 2)}
+        graphs = counters["stats"]["unique_graphs"]
+        for b in batches[1:]:  # each new length: a recompilation unless the graph really is dynamic
+            step(b)
+        if compiled:
+            info[name].update(graphs_after_first_step=graphs,
+                              recompiles_over_4_lengths=counters["stats"]["unique_graphs"] - graphs)
+    rounds = 1 if args.quick else 3
+    times = alternate({k: lambda s=s: [s(b) for _ in range(rounds) for b in batches] for k, s in steps.items()},
+                      args.repeats, dev)
+    return [row("d compile, MiniLM 32x{40,64,96,128}", k, t, rounds * len(lens), "s/step", rounds * len(lens), "step/s",
+                **info[k])
+            for k, t in times.items()]
+
+
+# ---------------------------------------------------------------- optional: accuracy after 2 epochs
+def accuracy(dev):
+    """2 epochs, lr 5e-5, 10% warmup, batch 32, seed 0: test accuracy of the last model, training wall time."""
+    import tempfile
+    from minift.predict import evaluate
+    from minift.train_loop import train
+    out, (systems, lengths) = [], b_systems(dev)
+    _, te_ids, te_types, te_y = polarity("test")
+    with tempfile.TemporaryDirectory() as tmp, open("/dev/null", "w") as log:
+        t = time.time()  # minift's own loop, reading and tokenising included, as a user runs it
+        train(MODEL, DATA / "train.csv", Path(tmp) / "m", mode="full", epochs=2, lr=LR, warmup=0.1, weight_decay=WD,
+              batch_size=BATCH, max_length=MAX_LEN, device=dev.type, seed=0, overwrite=True, log=log)
+        wall = time.time() - t
+        acc = evaluate(Path(tmp) / "m", DATA / "test.csv", device=dev.type)["accuracy"]
+        out.append({"system": "minift: train(mode='full')", "test_accuracy": acc, "wall_s": wall})
+    for name, (batches, collate, amp) in list(systems.items())[1:]:
+        t = time.time()
+        step, net = hf_trainer(None, dev, amp, total_steps=2 * len(batches))
+        g = torch.Generator().manual_seed(1)  # a new random order in epoch 2, as the sampler gives
+        for idx in batches + [b.tolist() for b in torch.randperm(len(lengths), generator=g).split(BATCH)]:
+            step(to(collate(idx), dev))
+        wall = time.time() - t
+        net.eval()
+        with torch.inference_mode(), autocast(dev, amp):
+            logits = [net(**to(Tokenizer.pad(te_ids[s:s + 64], te_types[s:s + 64], 0), dev)).logits.float().cpu()
+                      for s in range(0, len(te_ids), 64)]
+        acc = (torch.cat(logits).argmax(1) == te_y).float().mean().item()
+        out.append({"system": name, "test_accuracy": acc, "wall_s": wall})
+    return out
+
+
+# ---------------------------------------------------------------- report
+def num(x):
+    return f"{x:,.0f}" if x >= 100 else f"{x:.3g}"
+
+
+def table(rows):
+    lines = ["| case | system | median | min-max | throughput | MFU | peak RSS | speedup vs transformers |",
+             "|---|---|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        refs = [q for q in rows if q["case"] == r["case"] and q["system"].startswith("transformers")]
+        speed = ", ".join(f"{r['throughput'] / q['throughput']:.2f}x vs {q['system'].split(':')[0]}" for q in refs)
+        tput = f"{num(r['throughput'])} {r['throughput_unit']}"
+        tput += f", {num(r['seq_s'])} seq/s" if "seq_s" in r else ""
+        tput += f", {100 * r['padded_fraction']:.0f}% pad" if "padded_fraction" in r else ""
+        tput += f", first step {r['first_step_s']} s" if "first_step_s" in r else ""
+        tput += f", {r['recompiles_over_4_lengths']} recompiles" if "recompiles_over_4_lengths" in r else ""
+        mfu = f"{100 * r['mfu']:.1f}%" if "mfu" in r else ""
+        rss = f"{r['peak_rss_mib']:.0f} MiB" if "peak_rss_mib" in r else ""
+        rss += f", GPU {r['peak_cuda_alloc_mib']:.0f} MiB" if "peak_cuda_alloc_mib" in r else ""
+        lines.append(f"| {r['case']} | {r['system']} | {r['median']:.4g} {r['unit']} | {r['min']:.4g}-{r['max']:.4g} "
+                     f"| {tput} | {mfu} | {rss} "
+                     f"| {speed if r['system'].startswith('minift') else ''} |")
+    return "\n".join(lines)
+
+
+def device_name(dev):
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    try:
+        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true",
+                    help="2 repeats, 1 warm-up step, 2 steps in (b), 128 sentences in (c), no (d): checks that it runs")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cpu", "cuda"))
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    ap.add_argument("--cases", default=None, help="any of a, b, c, d (default abcd; abc with --quick)")
+    ap.add_argument("--repeats", type=int, default=None, help="timed repeats per system (default 5, quick 2)")
+    ap.add_argument("--steps", type=int, default=None, help="timed steps per repeat in (b) (default 40, quick 2)")
+    ap.add_argument("--accuracy", action="store_true",
+                    help="also fine-tune each (b) system for 2 epochs and report test accuracy (many minutes)")
+    ap.add_argument("--rss-case", help=argparse.SUPPRESS)  # the peak-RSS child process
+    args = ap.parse_args()
+    dev = torch.device(args.device)
+    if args.rss_case:
+        return rss_case(args.rss_case, dev, args.quick)
+    args.repeats = args.repeats or (2 if args.quick else 5)
+    # --quick has to finish in about 3 minutes on a loaded 2-core CPU, where one padded-to-128 fp32 step takes ~8 s.
+    args.steps = args.steps or (2 if args.quick else 40)
+    args.warmup, args.b_warmup = (1, 1) if args.quick else (2, 3)
+    cases = args.cases or ("abc" if args.quick else "abcd")
+    if args.quick and args.cases is None:
+        print("--quick: (d) skipped, its first step compiles for 30+ s on a CPU; --cases d runs it", file=sys.stderr)
+    import transformers
+    meta = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "torch": torch.__version__,
+            "transformers": transformers.__version__, "device": device_name(dev), "threads": torch.get_num_threads(),
+            "float32_matmul_precision": torch.get_float32_matmul_precision(),
+            "autocast_low_precision": pname(low_precision(dev)),
+            "minift_optimizer": "make_optimizer: AdamW(fused=True)",
+            "transformers_optimizer": "AdamW() defaults: foreach on CUDA, per-tensor loop on CPU",
+            "quick": args.quick, "repeats": args.repeats, "b_steps": args.steps, "flops": FLOPS_FORMULA,
+            "mfu": "useful FLOP/s over the matmul ceiling of the row's precision"}
+    print(f"ceilings on {meta['device']}, {meta['threads']} threads ...", file=sys.stderr)
+    meta["ceilings"] = ceil = ceilings(dev, args.quick)
+    rows = []
+    for c in cases:
+        print(f"case ({c}) ...", file=sys.stderr)
+        rows += {"a": lambda: case_a(dev, args, ceil), "c": lambda: case_c(dev, args, ceil), "d": lambda: case_d(dev, args),
+                 "b": lambda: case_b(dev, args, ceil, measure_rss(dev, args.quick))}[c]()
+    result = {"meta": meta, "rows": rows}
+    if args.accuracy:
+        print("accuracy: 2 epochs per system ...", file=sys.stderr)
+        result["accuracy"] = accuracy(dev)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\n{meta['device']}, {meta['threads']} threads, torch {meta['torch']}, transformers {meta['transformers']}"
+          f"{', QUICK (not a measurement)' if args.quick else ''}; ceilings {json.dumps(ceil)}\n")
+    print(table(rows))
+    for a in result.get("accuracy", []):
+        print(f"\naccuracy: {a['system']}: test accuracy {a['test_accuracy']:.4f}, {a['wall_s']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
