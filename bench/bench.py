@@ -7,6 +7,7 @@ polarity test set, (d) torch.compile of minift's loss. Prints a Markdown table a
 bench/README.md says how to read them. --quick only checks that everything runs.
 """
 import argparse
+import copy
 import datetime
 import json
 import platform
@@ -22,7 +23,7 @@ import torch
 from minift.config import BertConfig
 from minift.data import encode_labels, label_map, length_batches, read_dataset
 from minift.model import BertClassifier
-from minift.predict import logits_for
+from minift.predict import logits_for, low_precision_weights
 from minift.tokenizer import Tokenizer
 from minift.train_step import make_loss_fn, make_optimizer, make_schedule, pick_precision, train_step
 
@@ -299,7 +300,9 @@ def case_c(dev, args, ceil):
                 hf(**to(b, dev)).logits.float().cpu()
     rows = []
     for amp in [None] + [low_precision(dev)] * (low_precision(dev) is not None):
-        units = {"minift": lambda a=amp: logits_for(mf, ids, types, tok.pad_id, 64, dev, a),
+        # As minift.predict runs it: in low precision the matmul weights are stored in that dtype.
+        m = mf if amp is None else low_precision_weights(copy.deepcopy(mf), amp)
+        units = {"minift": lambda a=amp, m=m: logits_for(m, ids, types, tok.pad_id, 64, dev, a),
                  "transformers": lambda a=amp: hf_pass(a)}
         for u in units.values():
             u()  # warm-up

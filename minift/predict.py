@@ -24,12 +24,23 @@ def logits_for(model, ids: list[list[int]], types: list[list[int]], pad_id: int,
     was_training = model.training
     model.eval()
     out = torch.empty(len(ids), model.config.num_labels)
-    for idx in length_batches([len(x) for x in ids], batch_size, seed=None):
-        b = {k: v.to(device) for k, v in Tokenizer.pad([ids[i] for i in idx], [types[i] for i in idx], pad_id).items()}
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+    # One autocast region for all batches: it casts each weight to low precision once, not once per batch.
+    with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        for idx in length_batches([len(x) for x in ids], batch_size, seed=None):
+            b = {k: v.to(device) for k, v in Tokenizer.pad([ids[i] for i in idx], [types[i] for i in idx], pad_id).items()}
             out[idx] = model(**b).float().cpu()
     model.train(was_training)
     return out
+
+
+def low_precision_weights(model, amp_dtype):
+    """Store the matmul weights in the autocast dtype, for inference only: autocast would otherwise cast
+    every weight again for every batch. Embeddings and LayerNorms stay fp32, as under autocast."""
+    if amp_dtype is not None:
+        for m in model.modules():
+            if isinstance(m, torch.nn.Linear):
+                m.to(amp_dtype)
+    return model
 
 
 def metrics(logits: torch.Tensor, labels: torch.Tensor, task: str) -> dict[str, float]:
@@ -89,7 +100,8 @@ def predict(model_dir, texts: list[str], pairs: list[str] | None = None, batch_s
     check_sizes(model, batch_size, max_length, pairs is not None)
     dev = next(model.parameters()).device
     ids, types = tok.encode(texts, pairs, max_length or min(tok.model_max_length, model.config.max_position_embeddings))
-    logits = logits_for(model, ids, types, tok.pad_id, batch_size, dev, pick_precision(precision, dev))
+    amp_dtype = pick_precision(precision, dev)
+    logits = logits_for(low_precision_weights(model, amp_dtype), ids, types, tok.pad_id, batch_size, dev, amp_dtype)
     names = [model.config.id2label[i] for i in range(model.config.num_labels)] if model.config.id2label else None
     if task == "regression":
         return [{"score": x} for x in logits.squeeze(-1).tolist()]
@@ -112,7 +124,8 @@ def evaluate(model_dir, data, text_column="text", text_pair_column=None, label_c
         raise MiniftError(f"{Path(model_dir) / 'config.json'}: has no id2label, so labels in {data} cannot be matched")
     labels = encode_labels(ds, model.config.label2id, task)
     ids, types = tok.encode(ds.texts, ds.pairs, max_length or min(tok.model_max_length, model.config.max_position_embeddings))
-    logits = logits_for(model, ids, types, tok.pad_id, batch_size, dev, pick_precision(precision, dev))
+    amp_dtype = pick_precision(precision, dev)
+    logits = logits_for(low_precision_weights(model, amp_dtype), ids, types, tok.pad_id, batch_size, dev, amp_dtype)
     return {**metrics(logits, labels, task), "examples": len(ds.texts), "skipped_empty": ds.skipped_empty}
 
 

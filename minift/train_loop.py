@@ -34,6 +34,9 @@ from minift.train_step import (make_loss_fn, make_optimizer, make_schedule, pick
 
 # A frozen encoder leaves few, freshly initialised parameters to move: they take larger steps.
 DEFAULT_LR = {"full": 5e-5, "top": 1e-4, "lora": 5e-4, "head": 1e-3}
+# Everything a run writes into --out.
+RUN_FILES = ("config.json", "model.safetensors", "tokenizer.json", "vocab.txt", "tokenizer_config.json",
+             "special_tokens_map.json", "run.json", "metrics.jsonl", "checkpoint.safetensors")
 # Metrics where lower is better; for the others higher is better.
 LOWER_IS_BETTER = ("loss", "mse")
 
@@ -198,7 +201,7 @@ def train(model: str, train: str, out: str, eval: str | None = None, resume: boo
         state = load_train_state(out / "checkpoint.safetensors", net, opt, sched, scaler)
     elif rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        for name in ("metrics.jsonl", "checkpoint.safetensors"):  # --overwrite: the old run's records go
+        for name in RUN_FILES:  # --overwrite: the old run goes whole, never half of it beside the new one
             (out / name).unlink(missing_ok=True)
         (out / "run.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
     print(f"minift: {cfg.mode} fine-tuning, {count_params(net, True):,} of {count_params(net):,} parameters train; "
@@ -221,7 +224,9 @@ def train(model: str, train: str, out: str, eval: str | None = None, resume: boo
             dist.barrier()  # every rank has finished the step; only rank 0 evaluates and writes
             if rank != 0:
                 return {}
-        row = {"step": state["step"], "epoch": round(epoch_done, 3), "train_loss": state.get("loss")}
+        loss = state.get("loss")  # NaN after a skipped step: null in JSON, which has no NaN
+        row = {"step": state["step"], "epoch": round(epoch_done, 3),
+               "train_loss": loss if loss is not None and math.isfinite(loss) else None}
         if dv is not None:
             row.update({f"dev_{k}": v for k, v in metrics(
                 logits_for(net, dv_ids, dv_types, tok.pad_id, 2 * cfg.batch_size, device, amp_dtype),
