@@ -21,9 +21,13 @@ ACT = {
 
 
 def dropout(x, p: float):
-    """Inverted dropout, its keep-mask drawn with torch.rand: on CPU this runs forward and backward
-    about 1.6x faster than F.dropout, whose bernoulli_ draws are slower (bench/README.md)."""
-    keep = torch.rand(x.shape, device=x.device) >= p
+    """Inverted dropout. The keep-mask comes from 16-bit slices of 64-bit random integers: one draw of
+    the generator serves four elements, which on CPU makes forward and backward 2-3x faster than
+    F.dropout's bernoulli_ (bench/kernels.py). Each slice keeps 15 random bits (random_() leaves the top
+    bit of an int64 at 0), so p is applied in steps of 1/32768."""
+    n = x.numel()
+    bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_().view(torch.int16)[:n]
+    keep = (bits.view(x.shape) & 0x7FFF) >= round(p * 32768)
     return x * (keep * (1.0 / (1.0 - p))).to(x.dtype)
 
 
