@@ -2,8 +2,9 @@
 
     python bench/kernels.py [--threads N]
 
-Forward + backward of one attention block (MiniLM's 12 heads of 32, batch 32) and of one hidden
-dropout ([32, T, 384], p = 0.1), median of 7 runs after a warm-up, in fp32 and bf16.
+Forward + backward of one attention block (MiniLM's 12 heads of 32, batch 32), of its softmax on
+bf16 scores (the bf16 kernel against softmax computed in fp32), and of one hidden dropout
+([32, T, 384], p = 0.1), median of 7 runs after a warm-up, in fp32 and bf16.
 """
 import argparse
 import statistics
@@ -48,6 +49,11 @@ def main():
             ours = timed(lambda: run(lambda: attention(q, k, v, m, 0.1)))
             print(f"| {T} | {dt} | attention, dropout 0.1 | {sdpa:.1f} | {math_:.1f} | | {ours:.1f} | "
                   f"{min(sdpa, math_) / ours:.2f}x |")
+            if dt == torch.bfloat16:  # minift's softmax runs in fp32 even on bf16 scores
+                s = torch.randn(32, 12, T, T, dtype=dt, requires_grad=True)
+                low = timed(lambda: torch.softmax(s, -1).float().sum().backward())
+                high = timed(lambda: torch.softmax(s, -1, dtype=torch.float32).sum().backward())
+                print(f"| {T} | {dt} | softmax: bf16 kernel vs fp32 | {low:.2f} | | | {high:.2f} | {low / high:.2f}x |")
             x = torch.randn(32, T, 384, dtype=dt, requires_grad=True)
             g = torch.randn_like(x)
             theirs = timed(lambda: F.dropout(x, 0.1, True).backward(g))

@@ -2,6 +2,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -19,3 +20,14 @@ def minilm_dir() -> Path:
 @pytest.fixture(scope="session")
 def tiny_dir() -> Path:
     return ROOT / "weights" / "tiny-bert"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    # On a small shared CPU, OpenMP threads spin-waiting for each other make the tiny model's steps up
+    # to 1000x slower and erratic; one thread is fast. Session-wide because a resumed run is
+    # bit-identical to an uninterrupted one only with the same thread count.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

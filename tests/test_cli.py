@@ -14,7 +14,6 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 
 from conftest import ROOT
 from minift.cli import main
@@ -23,15 +22,6 @@ from minift.predict import embed, evaluate, predict
 LABELS = ("negative", "neutral", "positive")
 TEXTS = ["a good film", "the worst plot", "it was fine", "boring and sad", "really funny story"]
 FAST = ["--precision", "fp32", "--device", "cpu"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # OpenMP threads spin-waiting on a small shared CPU slow the tiny model down badly; one is fast.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def write_csv(path, rows, header=("text", "label")):

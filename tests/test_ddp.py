@@ -18,7 +18,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -29,15 +28,6 @@ WORDS = "the movie film story plot good bad great awful love hate fun boring fun
 LABELS = ("negative", "neutral", "positive")
 OPTIONS = dict(max_steps=8, batch_size=8, lr=1e-3, precision="fp32", compile="off", device="cpu", max_length=24,
                grad_accum=1)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # OpenMP threads spin-waiting on a small shared CPU slow the tiny model down badly; one is fast.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def write_csv(path, n, seed):

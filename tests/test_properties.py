@@ -7,7 +7,6 @@ import io
 import json
 
 import pytest
-import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -23,14 +22,6 @@ BOUNDED = settings(max_examples=60, deadline=None, derandomize=True,
 # that CSV, TSV and JSON treat specially, a BOM, and whitespace that str.strip() removes.
 SPECIAL = st.sampled_from(list(',"\t\n\r\\{}[]:\'\ufeff\u2028\x00\x1c \u00a0') + ["[SEP]", "[CLS]", '""'])
 TEXT = st.lists(st.one_of(st.text(max_size=12), SPECIAL), max_size=8).map("".join)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

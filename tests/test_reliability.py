@@ -46,15 +46,6 @@ API_FAST = dict(precision="fp32", compile="off", device="cpu", max_length=24)
 SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # OpenMP threads spin-waiting on a small shared CPU slow the tiny model down badly; one is fast.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def sentence(rng):
     return " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 8)))
 

@@ -44,16 +44,6 @@ LABELS = ("negative", "neutral", "positive")
 FAST = dict(precision="fp32", compile="off", device="cpu", max_length=24)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # On a small shared CPU, OpenMP threads spin-waiting for each other make the tiny model's steps
-    # up to 1000x slower and erratic; one thread is fast. Module-scoped so that the module-scoped runs\n    # below use it too: a resumed run is bit-identical only with the same thread count.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def no_dropout(model):
     for m in model.modules():
         if isinstance(m, nn.Dropout):
