@@ -265,7 +265,13 @@ def train(model: str, train: str, out: str, eval: str | None = None, resume: boo
                     micro.append({k: v.to(device, non_blocking=True) for k, v in b.items()})
                 loss, norm, applied = train_step(loss_fn, opt, sched, scaler, micro, cfg.max_grad_norm)
                 if world > 1:
-                    dist.all_reduce(loss, op=dist.ReduceOp.AVG)  # the global batch's loss, for the log
+                    # One all-reduce per step: the global batch's loss for the log, and whether any rank
+                    # was signalled, so that every rank stops after the same step.
+                    both = torch.stack([loss.float(), torch.tensor(float(bool(stop)), device=loss.device)])
+                    dist.all_reduce(both)
+                    loss = both[0] / world
+                    if both[1] > 0 and not stop:
+                        stop.append("a peer rank was signalled")
                 state["batch"] += len(group)
                 state["step"] += 1
                 bad = 0 if applied else bad + 1
@@ -287,7 +293,9 @@ def train(model: str, train: str, out: str, eval: str | None = None, resume: boo
                     save_state()
                     print(f"minift: stopped by signal at step {state['step']}; checkpoint saved. "
                           f"Continue with --resume.", file=log)
-                    return {"stopped_at": state["step"]}
+                    if world > 1:
+                        dist.barrier()  # rank 0 has saved: now all may leave
+                    return {"stopped_at": state["step"]} if rank == 0 else {}
             if state["batch"] >= len(batches):  # an epoch ended
                 state["epoch"] += 1
                 state["batch"] = 0

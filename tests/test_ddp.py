@@ -95,3 +95,30 @@ def test_two_processes_match_one(tiny_dir, tmp_path):
             assert (a[k] - b[k]).abs().max().item() < 1e-5, k
     moved = max((load_file(one / "model.safetensors")[k] - start[k]).abs().max().item() for k in start)
     assert moved > 1e-3  # far above the tolerance: training really happened in both
+
+
+def test_sigterm_under_torchrun_stops_every_rank_after_the_same_step(tiny_dir, tmp_path):
+    """torchrun forwards SIGTERM to its workers, which may see it in different steps; the ranks agree on
+    the step to stop after (one all-reduce per step), rank 0 saves, all exit cleanly, and --resume finishes."""
+    import signal
+    import time
+    data = write_csv(tmp_path / "train.csv", 64, seed=0)
+    out = tmp_path / "run"
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in dict(OPTIONS, max_steps=3000, lr=1e-4).items()]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master-port={free_port()}",
+           "-m", "minift", "train", "--model", str(tiny_dir), "--train", str(data), "--out", str(out), *flags]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+    deadline = time.time() + 120
+    while not (out / "run.json").exists() and time.time() < deadline and p.poll() is None:
+        time.sleep(0.2)
+    time.sleep(3)  # well into training
+    p.send_signal(signal.SIGTERM)
+    stdout, stderr = p.communicate(timeout=120)
+    assert "stopped by signal at step" in stderr, stderr
+    (line,) = [x for x in stdout.splitlines() if x.strip()]  # rank 0's line only
+    stopped = json.loads(line)["stopped_at"]
+    assert 0 < stopped < 3000
+    assert "terminate called" not in stderr
+    ckpt = checkpoint_weights(out)
+    assert ckpt, "rank 0 saved the checkpoint"
