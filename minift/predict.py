@@ -91,17 +91,22 @@ def load(model_dir, device="auto", allow_pickle=False):
     return model.to(dev), tokenizer, task
 
 
+def logits_of(model, tok, texts, pairs, batch_size, max_length, precision) -> torch.Tensor:
+    """Tokenise (truncating as in training unless max_length is given) and run: logits [N, C], fp32."""
+    check_sizes(model, batch_size, max_length, pairs is not None)
+    dev = next(model.parameters()).device
+    ids, types = tok.encode(texts, pairs, max_length or min(tok.model_max_length, model.config.max_position_embeddings))
+    amp_dtype = pick_precision(precision, dev)
+    return logits_for(low_precision_weights(model, amp_dtype), ids, types, tok.pad_id, batch_size, dev, amp_dtype)
+
+
 def predict(model_dir, texts: list[str], pairs: list[str] | None = None, batch_size: int = 64,
             max_length: int | None = None, device: str = "auto", precision: str = "auto",
             allow_pickle: bool = False) -> list[dict]:
     """Per text: {"label": name, "probs": {name: p}} (classify, multilabel: "labels" and per-label probs),
     or {"score": x} (regression)."""
     model, tok, task = load(model_dir, device, allow_pickle)
-    check_sizes(model, batch_size, max_length, pairs is not None)
-    dev = next(model.parameters()).device
-    ids, types = tok.encode(texts, pairs, max_length or min(tok.model_max_length, model.config.max_position_embeddings))
-    amp_dtype = pick_precision(precision, dev)
-    logits = logits_for(low_precision_weights(model, amp_dtype), ids, types, tok.pad_id, batch_size, dev, amp_dtype)
+    logits = logits_of(model, tok, texts, pairs, batch_size, max_length, precision)
     names = [model.config.id2label[i] for i in range(model.config.num_labels)] if model.config.id2label else None
     if task == "regression":
         return [{"score": x} for x in logits.squeeze(-1).tolist()]
@@ -117,15 +122,12 @@ def evaluate(model_dir, data, text_column="text", text_pair_column=None, label_c
              allow_pickle: bool = False) -> dict:
     """Metrics of a fine-tuned model on a labelled file (see metrics())."""
     model, tok, task = load(model_dir, device, allow_pickle)
-    check_sizes(model, batch_size, max_length, text_pair_column is not None)
-    dev = next(model.parameters()).device
+    check_sizes(model, batch_size, max_length, text_pair_column is not None)  # before reading the data
     ds = read_dataset(data, text_column, text_pair_column, label_column)
     if task != "regression" and not model.config.id2label:
         raise MiniftError(f"{Path(model_dir) / 'config.json'}: has no id2label, so labels in {data} cannot be matched")
     labels = encode_labels(ds, model.config.label2id, task)
-    ids, types = tok.encode(ds.texts, ds.pairs, max_length or min(tok.model_max_length, model.config.max_position_embeddings))
-    amp_dtype = pick_precision(precision, dev)
-    logits = logits_for(low_precision_weights(model, amp_dtype), ids, types, tok.pad_id, batch_size, dev, amp_dtype)
+    logits = logits_of(model, tok, ds.texts, ds.pairs, batch_size, max_length, precision)
     return {**metrics(logits, labels, task), "examples": len(ds.texts), "skipped_empty": ds.skipped_empty}
 
 
