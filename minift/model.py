@@ -45,9 +45,13 @@ def attention(q, k, v, mask, p_drop: float):
     over the [B, nh, T, T] scores (bench/README.md). tests/ check the two paths agree."""
     if q.is_cuda:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p_drop)
-    s = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)  # [B, nh, T, T]
-    if mask is not None:  # an additive bias: padded keys get the most negative number, so weight 0
-        s = s + torch.zeros(mask.shape, dtype=s.dtype, device=s.device).masked_fill(~mask, torch.finfo(s.dtype).min)
+    B, nh, T, hd = q.shape
+    if mask is None:
+        s = (q * hd ** -0.5) @ k.transpose(-2, -1)  # [B, nh, T, T]
+    else:  # scale, matmul and the additive mask (padded keys get the most negative number) in one baddbmm
+        bias = torch.zeros(B, nh, 1, T, dtype=q.dtype).masked_fill(~mask, torch.finfo(q.dtype).min).view(B * nh, 1, T)
+        s = torch.baddbmm(bias, q.reshape(B * nh, T, hd), k.reshape(B * nh, T, hd).transpose(1, 2),
+                          alpha=hd ** -0.5).view(B, nh, T, T)
     # Softmax in fp32 even when s is bf16: more exact, and on CPU faster than the bf16 kernel at the short
     # lengths of real sentences (bench/kernels.py).
     probs = torch.softmax(s, dim=-1, dtype=torch.float32).to(v.dtype)
