@@ -52,8 +52,8 @@ def attention(q, k, v, mask, p_drop: float):
         bias = torch.zeros(B, nh, 1, T, dtype=q.dtype).masked_fill(~mask, torch.finfo(q.dtype).min).view(B * nh, 1, T)
         s = torch.baddbmm(bias, q.reshape(B * nh, T, hd), k.reshape(B * nh, T, hd).transpose(1, 2),
                           alpha=hd ** -0.5).view(B, nh, T, T)
-    # Softmax in fp32 even when s is bf16: more exact, and on CPU faster than the bf16 kernel at the short
-    # lengths of real sentences (bench/kernels.py).
+    # Softmax in fp32 even when s is bf16: more exact, at about the bf16 kernel's speed on CPU
+    # (bench/kernels.py: from 0.8x to 2x of it, run to run).
     probs = torch.softmax(s, dim=-1, dtype=torch.float32).to(v.dtype)
     return (dropout(probs, p_drop) if p_drop > 0 else probs) @ v
 
