@@ -53,6 +53,28 @@ def test_fully_padded_row_is_finite(tiny_dir):
     assert torch.isfinite(h).all() and torch.isfinite(pooled).all()
 
 
+def test_padding_changes_nothing(minilm_dir):
+    """The encoder computes on packed real tokens: each sentence alone (no padding, so no packing) and
+    the same sentence in a batch padded to 3x its length give the same hidden states at its tokens, the
+    same pooled vector, and the same pooled vector through the last layer's [CLS]-only path. fp32, 1e-5
+    (the batched matmuls sum in a different order)."""
+    model = Bert.from_pretrained(minilm_dir).eval()
+    g = torch.Generator().manual_seed(1)
+    lengths = [5, 17, 9, 30, 2]
+    T = 3 * max(lengths)
+    ids, mask = torch.zeros(len(lengths), T, dtype=torch.long), torch.zeros(len(lengths), T, dtype=torch.long)
+    for i, n in enumerate(lengths):
+        ids[i, :n], mask[i, :n] = torch.randint(1000, 30000, (n,), generator=g), 1
+    with torch.no_grad():
+        h, pooled = model(ids, mask)
+        assert close(model(ids, mask, pooled_only=True), pooled, 1e-5)
+        assert (h[~mask.bool()] == 0).all()  # padding carries nothing
+        assert close(pooled, torch.tanh(model.pooler(h[:, 0])), 1e-6)  # pooled from [CLS], position 0
+        for i, n in enumerate(lengths):
+            h1, p1 = model(ids[i:i + 1, :n])
+            assert close(h[i, :n], h1[0], 1e-5) and close(pooled[i], p1[0], 1e-5)
+
+
 def test_unsupported_config_values_are_named():
     with pytest.raises(MiniftError, match="position_embedding_type='relative_key'"):
         BertConfig(position_embedding_type="relative_key")
