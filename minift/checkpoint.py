@@ -5,6 +5,7 @@ model.safetensors.index.json). Tensor names differ between minift and Hugging Fa
 ways only: shorter module names, and one fused [3H, H] QKV projection where Hugging Face
 keeps query, key and value apart. hf_names() is the whole translation table.
 """
+import glob
 import json
 import os
 from pathlib import Path
@@ -182,6 +183,8 @@ def atomic_write(target: Path, write):
     """Call write(tmp_path), fsync, then rename over target: readers see the old file or the new one."""
     target = Path(target)
     tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
+    for stale in target.parent.glob(f".{glob.escape(target.name)}.tmp*"):  # from a process killed mid-write
+        stale.unlink(missing_ok=True)
     try:
         write(tmp)
         with open(tmp, "rb+") as f:

@@ -584,6 +584,13 @@ def test_kill_9_during_save_never_leaves_a_torn_file(tmp_path):
         mid_write += bool(leftovers - seen)
         seen |= leftovers
     assert mid_write >= 1, "no kill landed inside a write; the test did not exercise what it is for"
+    # The next save of a file clears the temporary files a killed save of it left.
+    net = BertClassifier.from_pretrained(tmp_path / "ref0")
+    opt = make_optimizer(net, 1e-3, 0.01)
+    save_train_state(tmp_path / "checkpoint.safetensors", net, opt, make_schedule(opt, 0, 10), None, {"step": 0})
+    net.save_pretrained(tmp_path / "model")
+    left = [p.name for p in [*tmp_path.iterdir(), *(tmp_path / "model").iterdir()] if re.search(r"\.tmp\d+$", p.name)]
+    assert not left, left
 
 
 def test_checkpoint_format_version_is_checked(tiny_dir, tmp_path):
