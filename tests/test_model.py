@@ -192,6 +192,8 @@ def test_cpu_attention_matches_sdpa():
     ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     assert close(attention(q, k, v, mask, 0.0), ref, 1e-6)
     assert close(attention(q, k, v, None, 0.0), torch.nn.functional.scaled_dot_product_attention(q, k, v), 1e-6)
+    q1 = q[:, :, :1]  # the last layer's single [CLS] query per sequence
+    assert close(attention(q1, k, v, mask, 0.0), torch.nn.functional.scaled_dot_product_attention(q1, k, v, attn_mask=mask), 1e-6)
 
 
 def test_dropout_keeps_expectation():
