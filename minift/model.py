@@ -1,6 +1,8 @@
 """The BERT encoder (Devlin et al., 2019) and a sequence classifier on top, from scratch.
 
-Shapes: B batch, T tokens, H hidden, nh heads, hd = H // nh head size, I intermediate.
+Shapes: B batch, T tokens, N real (non-padding) tokens of the batch, H hidden, nh heads,
+hd = H // nh head size, I intermediate. Between attentions, activations are [N, H]: padding
+costs nothing there (see Packing).
 Post-LayerNorm residual blocks, absolute position embeddings, exactly as the original
 BERT and Hugging Face's BertModel compute them, so pretrained checkpoints load unchanged
 (minift/checkpoint.py maps the names).

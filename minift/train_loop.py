@@ -264,14 +264,14 @@ def train(model: str, train: str, out: str, eval: str | None = None, resume: boo
                     b["labels"] = y_tr[idx]
                     micro.append({k: v.to(device, non_blocking=True) for k, v in b.items()})
                 loss, norm, applied = train_step(loss_fn, opt, sched, scaler, micro, cfg.max_grad_norm)
+                stopping = bool(stop)
                 if world > 1:
                     # One all-reduce per step: the global batch's loss for the log, and whether any rank
-                    # was signalled, so that every rank stops after the same step.
-                    both = torch.stack([loss.float(), torch.tensor(float(bool(stop)), device=loss.device)])
+                    # was signalled. Every rank stops after the same step because each decides on the
+                    # reduced flag alone: a signal landing after the all-reduce waits for the next step.
+                    both = torch.stack([loss.float(), torch.tensor(float(stopping), device=loss.device)])
                     dist.all_reduce(both)
-                    loss = both[0] / world
-                    if both[1] > 0 and not stop:
-                        stop.append("a peer rank was signalled")
+                    loss, stopping = both[0] / world, bool(both[1] > 0)
                 state["batch"] += len(group)
                 state["step"] += 1
                 bad = 0 if applied else bad + 1
@@ -289,7 +289,7 @@ def train(model: str, train: str, out: str, eval: str | None = None, resume: boo
                           f"lr {sched.get_last_lr()[0]:.2e} {seqs / el:.1f} seq/s {toks / el:,.0f} tok/s ETA {eta:.0f}s",
                           file=log)
                     last["t"] = time.time()
-                if stop:
+                if stopping:
                     save_state()
                     print(f"minift: stopped by signal at step {state['step']}; checkpoint saved. "
                           f"Continue with --resume.", file=log)
