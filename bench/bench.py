@@ -213,9 +213,14 @@ def b_systems(dev, with_hf=True):
     def minift_collate(idx):
         return {**Tokenizer.pad([ids[i] for i in idx], [types[i] for i in idx], tok.pad_id), "labels": y[idx]}
     batches = length_batches(lengths, BATCH, seed=0)
+    shuffled = [b.tolist() for b in torch.randperm(len(ids), generator=torch.Generator().manual_seed(0)).split(BATCH)]
     systems = {f"minift: bucketed, pad to longest, {pname(low)}": (batches, minift_collate, low)}
     if not with_hf:  # keeps transformers out of minift's peak-RSS process
         return systems, lengths
+    # transformers (i)'s very batches: the implementations alone compared, and what packing the real
+    # tokens saves when half of every batch is padding.
+    systems[f"minift (same batches as (i)): random order, pad to longest, {pname(low)}"] = \
+        (shuffled, minift_collate, low)
     from transformers import AutoTokenizer, DataCollatorWithPadding
     hf_tok = AutoTokenizer.from_pretrained(MODEL)
 
@@ -223,7 +228,6 @@ def b_systems(dev, with_hf=True):
         c = DataCollatorWithPadding(hf_tok, padding=padding, max_length=MAX_LEN)
         return lambda idx: c([{"input_ids": ids[i], "token_type_ids": types[i], "attention_mask": [1] * len(ids[i]),
                                "labels": int(y[i])} for i in idx])
-    shuffled = [b.tolist() for b in torch.randperm(len(ids), generator=torch.Generator().manual_seed(0)).split(BATCH)]
     systems[f"transformers (i): random order, pad to longest, {pname(low)}"] = (shuffled, hf_collate("longest"), low)
     systems["transformers (ii): defaults, fp32, pad to 128"] = (shuffled, hf_collate("max_length"), None)
     return systems, lengths
