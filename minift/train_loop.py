@@ -316,6 +316,13 @@ def train(model: str, train: str, out: str, eval: str | None = None, resume: boo
         for s, h in handlers.items():
             signal.signal(s, h)
         if world > 1:
+            # Freeing a gloo process group joins its worker threads while holding the GIL, and a worker
+            # freeing a finished collective's tensors needs the GIL: freed at the wrong moment, as when
+            # the DDP wrapper (which holds the group) went with this frame, the process hung (seen about
+            # once in 50 runs). So free the wrapper now, let the workers finish with the GIL released,
+            # and only then free the group.
+            del ddp, loss_fn
+            time.sleep(0.1)
             dist.destroy_process_group()
     return row
 
