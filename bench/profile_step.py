@@ -1,0 +1,33 @@
+"""Where minift's training step spends its time: torch.profiler over case (b)'s real polarity batches.
+
+    python bench/profile_step.py [--steps 10]
+
+Same model, batches and precision as bench.py's case (b) for minift; prints seconds per step and the
+profiler's table of operators by their own time.
+"""
+import argparse
+import time
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+import bench
+
+p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+p.add_argument("--steps", type=int, default=10)
+args = p.parse_args()
+dev = torch.device("cpu")
+systems, _ = bench.b_systems(dev, with_hf=False)
+((_, (batches, collate, amp)),) = systems.items()
+step = bench.minift_trainer(None, dev, amp)[0]
+for idx in batches[:5]:  # warm-up
+    step(bench.to(collate(idx), dev))
+timed = batches[5:5 + args.steps]
+t = time.perf_counter()
+for idx in timed:
+    step(bench.to(collate(idx), dev))
+print(f"{(time.perf_counter() - t) / len(timed):.4f} s/step over {len(timed)} steps")
+with profile(activities=[ProfilerActivity.CPU]) as prof:
+    for idx in timed:
+        step(bench.to(collate(idx), dev))
+print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
