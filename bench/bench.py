@@ -21,9 +21,10 @@ from pathlib import Path
 import torch
 
 from minift.config import BertConfig
-from minift.data import encode_labels, label_map, length_batches, read_dataset
-from minift.model import BertClassifier
-from minift.predict import logits_for, low_precision_weights
+from minift.data import length_batches, read_dataset
+from minift.predict import low_precision_weights, run_model
+from minift.tasks import TASKS
+from minift.tasks.classify import BertClassifier, Features, encode_labels, label_map
 from minift.tokenizer import Tokenizer
 from minift.train_step import make_loss_fn, make_optimizer, make_schedule, pick_precision, train_step
 
@@ -310,7 +311,7 @@ def case_c(dev, args, ceil):
     for amp in [None] + [low_precision(dev)] * (low_precision(dev) is not None):
         # As minift.predict runs it: in low precision the matmul weights are stored in that dtype.
         m = mf if amp is None else low_precision_weights(copy.deepcopy(mf), amp)
-        units = {"minift": lambda a=amp, m=m: logits_for(m, ids, types, tok.pad_id, 64, dev, a),
+        units = {"minift": lambda a=amp, m=m: run_model(m, TASKS["classify"], Features(ids, types, None), tok.pad_id, 64, dev, a),
                  "transformers": lambda a=amp: hf_pass(a)}
         for u in units.values():
             u()  # warm-up

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from minift.model import BertClassifier, count_params
+from minift.model import count_params
+from minift.tasks.classify import BertClassifier
 from minift.modes import apply_mode
 from minift.predict import evaluate
 from minift.train_loop import DEFAULT_LR, train

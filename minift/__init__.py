@@ -1,8 +1,9 @@
 """minift: a from-scratch, minimal BERT fine-tuner."""
 from minift.config import BertConfig
 from minift.errors import MiniftError
-from minift.model import Bert, BertClassifier
+from minift.model import Bert
 from minift.predict import embed, evaluate, predict
+from minift.tasks.classify import BertClassifier
 from minift.tokenizer import Tokenizer
 from minift.train_loop import train
 

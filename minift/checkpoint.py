@@ -20,6 +20,7 @@ from minift.errors import MiniftError
 # minift name inside a layer -> Hugging Face name inside encoder.layer.{i}
 LAYER = {"attn.proj": "attention.output.dense", "ln1": "attention.output.LayerNorm",
          "fc": "intermediate.dense", "proj": "output.dense", "ln2": "output.LayerNorm"}
+ENCODER = ("embeddings.", "encoder.", "pooler.")  # Hugging Face prefixes of the encoder's tensors
 EMBEDDINGS = {"word": "word_embeddings", "position": "position_embeddings",
               "token_type": "token_type_embeddings", "ln": "LayerNorm"}
 
@@ -32,8 +33,6 @@ def hf_names(name: str) -> list[str]:
         return [f"embeddings.{EMBEDDINGS[parts[1]]}.{leaf}"]
     if parts[0] == "pooler":
         return [f"pooler.dense.{leaf}"]
-    if parts[0] == "classifier":
-        return [name]
     i, sub = parts[1], ".".join(parts[2:-1])  # layers.{i}.{sub}.{leaf}
     if sub == "attn.qkv":  # concatenated along the output dimension, in this order
         return [f"encoder.layer.{i}.attention.self.{x}.{leaf}" for x in ("query", "key", "value")]
@@ -101,9 +100,9 @@ def _load_safetensors(file: Path) -> dict[str, torch.Tensor]:
 
 
 def load_pretrained(cls, path, allow_pickle=False, id2label=None, problem_type=None, new_head=False):
-    """Build `cls` (Bert or BertClassifier) from a Hugging Face directory, checking every shape.
+    """Build `cls` (Bert, or a task's model) from a Hugging Face directory, checking every shape.
 
-    new_head=True leaves out the checkpoint's classifier, for fine-tuning on another label set."""
+    new_head=True leaves out the checkpoint's head, for fine-tuning on another label set or task."""
     from minift.model import Bert
     path = Path(path)
     if not path.is_dir():
@@ -114,19 +113,18 @@ def load_pretrained(cls, path, allow_pickle=False, id2label=None, problem_type=N
     if problem_type is not None:
         cfg.problem_type = problem_type
     sd = read_tensors(path, allow_pickle)
-    if new_head:
-        sd = {k: v for k, v in sd.items() if not k.startswith("classifier.")}
-    has_pooler = "pooler.dense.weight" in sd
-    model = cls(cfg, pooler=has_pooler) if cls is Bert else cls(cfg)
-    prefix = "" if cls is Bert else "bert."
-    # A base BERT has no classifier yet, and sentence-embedding checkpoints may lack the
-    # pooler: those start from BERT's initialisation, which the constructor already did.
-    may_be_new = ("classifier.", "bert.pooler.")
+    if cls is Bert or new_head:  # the encoder alone: whatever head the checkpoint has is left behind
+        sd = {k: v for k, v in sd.items() if k.startswith(ENCODER)}
+    if cls is not Bert and not cls.POOLER:  # e.g. a tagger from a checkpoint that has a pooler, as transformers does
+        sd = {k: v for k, v in sd.items() if not k.startswith("pooler.")}
+    model = cls(cfg, pooler="pooler.dense.weight" in sd) if cls is Bert else cls(cfg)
+    # A base BERT has no head yet, and sentence-embedding checkpoints may lack the pooler:
+    # those start from their initialisation, which the constructor already did.
+    may_be_new = ("bert.pooler.", *getattr(cls, "HEAD", ()))
     missing, misshaped, known = [], [], set()
     with torch.no_grad():
         for name, param in model.state_dict().items():
-            inner = name.removeprefix(prefix) if not name.startswith("classifier.") else name
-            srcs = hf_names(inner)
+            srcs = hf_tensor_names(model, name)
             known.update(srcs)  # names the model has are never "unexpected", even if absent or mis-shaped
             absent = [s for s in srcs if s not in sd]
             if absent:
@@ -141,8 +139,7 @@ def load_pretrained(cls, path, allow_pickle=False, id2label=None, problem_type=N
                 misshaped += bad
                 continue
             param.copy_(torch.cat([sd[s] for s in srcs]) if len(srcs) > 1 else sd[srcs[0]])
-    # A classifier checkpoint may be loaded as a plain encoder: its head is then not needed.
-    unexpected = sorted(k for k in sd if k not in known and not (cls is Bert and k.startswith("classifier.")))
+    unexpected = sorted(k for k in sd if k not in known)
     if missing or unexpected or misshaped:
         lines = [f"{path}: the weights do not match config.json"]
         for label, names in (("missing", missing), ("unexpected", unexpected), ("wrong shape", misshaped)):
@@ -152,15 +149,22 @@ def load_pretrained(cls, path, allow_pickle=False, id2label=None, problem_type=N
     return model
 
 
+def hf_tensor_names(model, name: str) -> list[str]:
+    """Hugging Face names (without the 'bert.' prefix) of tensor `name` of a Bert or a task model."""
+    from minift.model import Bert
+    if isinstance(model, Bert):
+        return hf_names(name)
+    if name.startswith("bert."):
+        return hf_names(name.removeprefix("bert."))
+    return [name]  # a task head's tensors carry their Hugging Face names already
+
+
 def hf_state_dict(model) -> dict[str, torch.Tensor]:
     """The model's tensors under Hugging Face names, QKV split back into query, key, value."""
-    from minift.model import Bert
-    prefix = "" if isinstance(model, Bert) else "bert."
     out = {}
     for name, t in model.state_dict().items():
-        inner = name.removeprefix(prefix) if not name.startswith("classifier.") else name
-        srcs = hf_names(inner)
-        own = "" if name.startswith("classifier.") else prefix
+        own = "bert." if name.startswith("bert.") else ""
+        srcs = hf_tensor_names(model, name)
         for s, part in zip(srcs, t.detach().chunk(len(srcs))):
             out[own + s] = part.float().contiguous().cpu()
     return out
@@ -172,7 +176,7 @@ def save_pretrained(model, path, tokenizer=None):
     from minift.model import Bert
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    arch = "BertModel" if isinstance(model, Bert) else "BertForSequenceClassification"
+    arch = "BertModel" if isinstance(model, Bert) else model.ARCHITECTURE
     atomic_write(path / "config.json", lambda f: f.write_text(json.dumps(model.config.to_dict(arch), indent=2) + "\n"))
     atomic_write(path / "model.safetensors", lambda f: save_file(hf_state_dict(model), str(f), metadata={"format": "pt"}))
     if tokenizer is not None:

@@ -10,7 +10,7 @@ from minift.errors import MiniftError
 TRAIN_HELP = {
     "eval": "dev set, evaluated after every epoch; the best model by --metric is the one kept in --out",
     "task": "classify (one label per text), multilabel (labels separated by | in CSV/TSV, or a JSON list), "
-            "regression (a number)",
+            "regression (a number); each is a file in minift/tasks/",
     "text_column": "column holding the text", "text_pair_column": "column holding the second text of a pair",
     "label_column": "column holding the label",
     "epochs": "passes over the training set", "max_steps": "stop after this many optimizer steps (overrides --epochs)",
@@ -34,6 +34,7 @@ TRAIN_HELP = {
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from minift.tasks import TaskOptions
     from minift.train_loop import RunConfig
     p = argparse.ArgumentParser(prog="minift", description="A minimal BERT fine-tuner.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -59,15 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--model", required=True, help="directory of a Hugging Face BERT (e.g. weights/all-MiniLM-L6-v2)")
     t.add_argument("--train", required=True, help="training data: .csv, .tsv (with a header) or .jsonl")
     t.add_argument("--out", required=True, help="output directory: a Hugging Face model directory plus run records")
-    for field in dataclasses.fields(RunConfig):
-        if field.name in ("model", "train", "out"):
-            continue
-        flag = "--" + field.name.replace("_", "-")
-        typ = {int: int, float: float}.get(type(field.default), str)
-        if field.name in ("max_steps", "lr", "max_length"):
-            typ = {"max_steps": int, "lr": float, "max_length": int}[field.name]
-        help_ = TRAIN_HELP[field.name] + (f" (default {field.default})" if field.default is not None else "")
-        t.add_argument(flag, type=typ, default=field.default, help=help_)
+    add_fields(t, RunConfig, skip=("model", "train", "out"))
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     t.add_argument("--overwrite", action="store_true", help="replace a previous run in --out")
     add_allow_pickle(t)
@@ -81,9 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
             q.add_argument("--output", help="write JSON lines here instead of stdout")
         else:
             q.add_argument("--data", required=True, help="labelled .csv/.tsv/.jsonl file")
-            q.add_argument("--label-column", default="label")
-        q.add_argument("--text-column", default="text")
-        q.add_argument("--text-pair-column")
+        add_fields(q, TaskOptions)
         q.add_argument("--batch-size", type=int, default=64)
         q.add_argument("--max-length", type=int, help="default: the length the model was trained with")
         q.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
@@ -92,30 +83,63 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def add_fields(parser, dataclass, skip=()):
+    """One --flag per field of a settings dataclass (RunConfig, TaskOptions), typed by its default."""
+    types = {"max_steps": int, "lr": float, "max_length": int}  # fields whose default None says nothing of the type
+    for field in dataclasses.fields(dataclass):
+        if field.name in skip:
+            continue
+        typ = types.get(field.name) or {int: int, float: float}.get(type(field.default), str)
+        help_ = TRAIN_HELP[field.name] + (f" (default {field.default})" if field.default is not None else "")
+        parser.add_argument("--" + field.name.replace("_", "-"), type=typ, default=field.default, help=help_)
+
+
 def add_allow_pickle(parser):
     parser.add_argument("--allow-pickle", action="store_true",
                         help="load a model directory that has only pytorch_model.bin (a pickle, which can run code "
                              "when loaded) through torch.load(weights_only=True); off by default")
 
 
-def read_texts(args) -> tuple[list[str], list[str] | None]:
+def read_inputs(args, task, tok, opts):
+    """predict's examples: the texts on the command line, the lines of a .txt, or a file the task reads."""
     if args.texts and args.input:
         raise MiniftError("give texts on the command line or --input FILE, not both")
     if not args.input:
         if not args.texts:
             raise MiniftError("no texts: give them as arguments or with --input FILE")
-        return args.texts, None
+        return task.from_texts(args.texts, None, tok)
     path = Path(args.input)
     if path.suffix.lower() == ".txt":
-        try:
-            return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()], None
-        except (OSError, UnicodeDecodeError) as e:
-            raise MiniftError(f"{path}: cannot be read as UTF-8 text ({e})") from None
+        return task.from_texts(read_txt(path), None, tok)
+    examples = task.read(path, opts, labelled=False)
+    if getattr(examples, "skipped_empty", 0):  # the output then has fewer rows than the file: say why
+        print(f"{path}: skipped {examples.skipped_empty} row(s) with empty text", file=sys.stderr)
+    return examples
+
+
+def read_txt(path: Path) -> list[str]:
+    try:
+        return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise MiniftError(f"{path}: cannot be read as UTF-8 text ({e})") from None
+
+
+def read_texts(args) -> list[str]:
+    """embed's texts: on the command line, the lines of a .txt, or the text column of a .csv/.tsv/.jsonl."""
+    if args.texts and args.input:
+        raise MiniftError("give texts on the command line or --input FILE, not both")
+    if not args.input:
+        if not args.texts:
+            raise MiniftError("no texts: give them as arguments or with --input FILE")
+        return args.texts
+    path = Path(args.input)
+    if path.suffix.lower() == ".txt":
+        return read_txt(path)
     from minift.data import read_dataset
-    ds = read_dataset(path, args.text_column, getattr(args, "text_pair_column", None), need_labels=False)
+    ds = read_dataset(path, args.text_column, None, need_labels=False)
     if ds.skipped_empty:  # the output then has fewer rows than the file: say why
         print(f"{path}: skipped {ds.skipped_empty} row(s) with empty text", file=sys.stderr)
-    return ds.texts, ds.pairs
+    return ds.texts
 
 
 def write_lines(rows, output):
@@ -136,7 +160,7 @@ def run(args):
         fetch(args.name, args.dir or args.kind, source=args.source)
     elif args.command == "embed":
         from minift.predict import embed
-        texts, _ = read_texts(args)
+        texts = read_texts(args)
         vectors = embed(args.model, texts, batch_size=args.batch_size, max_length=args.max_length,
                         allow_pickle=args.allow_pickle)
         if args.output and args.output.endswith(".npy"):
@@ -153,18 +177,25 @@ def run(args):
         if row:  # under torchrun only rank 0 reports
             print(json.dumps(row))
     elif args.command == "predict":
-        from minift.predict import predict
-        texts, pairs = read_texts(args)
-        rows = predict(args.model, texts, pairs, args.batch_size, args.max_length, args.device, args.precision,
-                       args.allow_pickle)
-        write_lines([{"text": t, **r} for t, r in zip(texts, rows)], args.output)
+        from minift.predict import load, predict_examples, task_options
+        model, tok, task = load(args.model, args.device, args.allow_pickle)
+        opts = task_options(options_of(args))
+        examples = read_inputs(args, task, tok, opts)
+        rows = predict_examples(model, tok, task, examples, opts, args.batch_size, args.max_length, args.precision)
+        write_lines([{"text": t, **r} for t, r in zip(examples.texts, rows)], args.output)
     elif args.command == "eval":
         from minift.predict import evaluate
-        result = evaluate(args.model, args.data, args.text_column, args.text_pair_column, args.label_column,
-                          args.batch_size, args.max_length, args.device, args.precision, args.allow_pickle)
-        if result["skipped_empty"]:
+        result = evaluate(args.model, args.data, batch_size=args.batch_size, max_length=args.max_length,
+                          device=args.device, precision=args.precision, allow_pickle=args.allow_pickle,
+                          **options_of(args))
+        if result.get("skipped_empty"):
             print(f"{args.data}: skipped {result['skipped_empty']} row(s) with empty text", file=sys.stderr)
         print(json.dumps(result))
+
+
+def options_of(args) -> dict:
+    from minift.tasks import TaskOptions
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(TaskOptions)}
 
 
 def main(argv=None) -> int:

@@ -1,19 +1,15 @@
-"""Reading labelled text (CSV, TSV, JSON Lines), label maps, and length-bucketed batches."""
+"""Reading tabular text files (CSV, TSV, JSON Lines) and batching examples of similar length."""
 
 import csv
 import io
 import json
-import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from minift.errors import MiniftError
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
-TASKS = ("classify", "multilabel", "regression")
 
 
 @dataclass
@@ -112,84 +108,6 @@ def _text(path, line, column, value):
     if not isinstance(value, str):
         raise MiniftError(f"{path}, line {line}: column {column!r} holds {value!r}; expected a string of text.")
     return value.strip()
-
-
-def _missing(value):
-    return value is None or (isinstance(value, str) and not value.strip())
-
-
-def _class_name(value):
-    if isinstance(value, (list, dict)):
-        raise MiniftError(f"Label {value!r} is a {type(value).__name__}; single-label classification needs "
-                          f"one label per example (lists of labels are for the multilabel task).")
-    return str(value).strip()
-
-
-def _label_names(value):
-    # Multilabel values: a JSON list, or one string with the names separated by "|".
-    names = value if isinstance(value, list) else str(value).split("|")
-    return [n for n in (str(x).strip() for x in names) if n]
-
-
-def label_map(labels: list, task: str) -> dict[str, int]:
-    """label2id built from the training labels; regression has none."""
-    if task == "regression":
-        return {}
-    if task == "multilabel":
-        names = sorted({n for v in labels if v is not None for n in _label_names(v)})
-        if not names:
-            raise MiniftError("The training set has no labels at all; multilabel needs at least one label name.")
-        return {n: i for i, n in enumerate(names)}
-    if task != "classify":
-        raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
-    # Missing values are left out here and reported with their line by encode_labels.
-    names = {_class_name(v) for v in labels if not _missing(v)}
-    if len(names) < 2:
-        raise MiniftError(f"The training set has {len(names)} distinct label(s) ({', '.join(sorted(names))}); "
-                          f"a classifier needs examples of at least 2 classes.")
-    try:  # numeric labels sort as numbers so that -1/1 become 0/1 and 2 comes before 10
-        order = sorted(names, key=int)
-    except ValueError:
-        order = sorted(names)
-    return {n: i for i, n in enumerate(order)}
-
-
-def encode_labels(ds: Dataset, label2id: dict, task: str) -> torch.Tensor:
-    def fail(i, what):
-        raise MiniftError(f"{ds.path}, line {ds.lines[i]}: {what}")
-
-    if task == "regression":
-        out = []
-        for i, v in enumerate(ds.labels):
-            try:
-                x = float(v)
-            except (TypeError, ValueError):
-                x = math.nan
-            if not math.isfinite(x):
-                fail(i, f"label {v!r} is not a number; regression needs a finite number on every row.")
-            out.append(x)
-        return torch.tensor(out, dtype=torch.float32)
-
-    known = ", ".join(map(repr, label2id))
-    if task == "multilabel":
-        out = torch.zeros(len(ds.labels), len(label2id))
-        for i, v in enumerate(ds.labels):
-            if v is None:
-                fail(i, "the label is null; use [] (or an empty string in CSV) for an example with no labels.")
-            for n in _label_names(v):
-                if n not in label2id:
-                    fail(i, f"label {n!r} never occurs in the training set (known labels: {known}).")
-                out[i, label2id[n]] = 1.0
-        return out
-
-    ids = []
-    for i, v in enumerate(ds.labels):
-        if _missing(v):
-            fail(i, "the label is missing; every example needs a label (drop the row or fill it in).")
-        if _class_name(v) not in label2id:
-            fail(i, f"label {_class_name(v)!r} never occurs in the training set (known labels: {known}).")
-        ids.append(label2id[_class_name(v)])
-    return torch.tensor(ids, dtype=torch.long)
 
 
 def length_batches(lengths: list[int], batch_size: int, seed: int | None) -> list[list[int]]:

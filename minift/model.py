@@ -1,4 +1,4 @@
-"""The BERT encoder (Devlin et al., 2019) and a sequence classifier on top, from scratch.
+"""The BERT encoder (Devlin et al., 2019), from scratch. The task heads on top are in minift/tasks/.
 
 Shapes: B batch, T tokens, N real (non-padding) tokens of the batch, H hidden, nh heads,
 hd = H // nh head size, I intermediate. Between attentions, activations are [N, H]: padding
@@ -170,11 +170,11 @@ class Bert(nn.Module):
         self.pooler = nn.Linear(config.hidden_size, config.hidden_size) if pooler else None
         init_weights(self, config.initializer_range)
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, pooled_only: bool = False):
+    def encode(self, input_ids, attention_mask=None, token_type_ids=None, cls_only: bool = False):
         """input_ids, attention_mask (1 = real token, 0 = padding), token_type_ids: [B, T].
-        Returns the hidden states [B, T, H] (zeros where the padding is) and the pooled [CLS] vector
-        [B, H]; with pooled_only, the pooled vector alone. A classifier reads nothing else, so the
-        last layer then computes only the [CLS] rows past its keys and values: a quarter of its work."""
+        Returns (x, pack): the last hidden states of the real tokens packed as [N, H], and the Packing
+        that says where they sit in [B, T]. With cls_only, x is [B, H], the [CLS] rows alone: a head that
+        reads nothing else lets the last layer compute only those rows past its keys and values."""
         B, T = input_ids.shape
         pack = Packing(input_ids, attention_mask)
         if token_type_ids is None:
@@ -182,8 +182,15 @@ class Bert(nn.Module):
         positions = torch.arange(T, device=input_ids.device).expand(B, T)
         x = self.embeddings(*(pack.unpad(t) for t in (input_ids, token_type_ids, positions)))  # [N, H]
         for i, layer in enumerate(self.layers):
-            last = pooled_only and i == len(self.layers) - 1
-            x = layer(x, pack, pack.first if last else None)  # [N, H]; [B, H] after the last when pooled_only
+            last = cls_only and i == len(self.layers) - 1
+            x = layer(x, pack, pack.first if last else None)  # [N, H]; [B, H] after the last given cls_only
+        return x, pack
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, pooled_only: bool = False):
+        """Hugging Face's BertModel outputs: the hidden states [B, T, H] (zeros where the padding is) and
+        the pooled [CLS] vector [B, H]; with pooled_only, the pooled vector alone (the last layer then
+        computes only the [CLS] rows: a quarter of its work)."""
+        x, pack = self.encode(input_ids, attention_mask, token_type_ids, cls_only=pooled_only)
         cls = x if pooled_only else x[pack.first]  # [B, H]
         pooled = torch.tanh(self.pooler(cls)) if self.pooler is not None else None
         return pooled if pooled_only else (pack.pad(x), pooled)
@@ -196,60 +203,6 @@ class Bert(nn.Module):
     def save_pretrained(self, path, tokenizer=None):
         from minift.checkpoint import save_pretrained
         save_pretrained(self, path, tokenizer)
-
-
-class BertClassifier(nn.Module):
-    """BERT + dropout + a linear head on the pooled [CLS] vector (BertForSequenceClassification)."""
-
-    def __init__(self, config: BertConfig):
-        super().__init__()
-        self.config = config
-        self.bert = Bert(config, pooler=True)
-        p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
-        self.drop = Dropout(p)
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
-        init_weights(self.classifier, config.initializer_range)
-
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None):
-        pooled = self.bert(input_ids, attention_mask, token_type_ids, pooled_only=True)  # [B, H]
-        logits = self.classifier(self.drop(pooled))  # [B, num_labels]
-        if labels is None:
-            return logits
-        return logits, self.loss(logits, labels)
-
-    def problem_type(self, labels) -> str:
-        # Hugging Face's rule when config.json does not say: one output is regression,
-        # integer labels are single-label classes, float multi-hot rows are multi-label.
-        if self.config.problem_type:
-            return self.config.problem_type
-        if self.config.num_labels == 1:
-            return "regression"
-        if labels.dtype in (torch.long, torch.int):
-            return "single_label_classification"
-        return "multi_label_classification"
-
-    def loss(self, logits, labels):  # logits [B, C]; labels [B] (long or float) or [B, C] float
-        kind = self.problem_type(labels)
-        logits = logits.float()  # losses in fp32 even under autocast
-        if kind == "regression":
-            return F.mse_loss(logits.squeeze(-1), labels.float().view(-1)) if self.config.num_labels == 1 \
-                else F.mse_loss(logits, labels.float())
-        if kind == "single_label_classification":
-            return F.cross_entropy(logits, labels.view(-1))
-        return F.binary_cross_entropy_with_logits(logits, labels.float())
-
-    @classmethod
-    def from_pretrained(cls, path, allow_pickle: bool = False, id2label=None, problem_type=None,
-                        new_head: bool = False) -> "BertClassifier":
-        """Load a fine-tuned classifier, or a base BERT with a freshly initialised head.
-
-        id2label / problem_type set the head for a task; new_head=True discards a head already
-        in the checkpoint (else it must fit id2label, or the shape check says why not)."""
-        from minift.checkpoint import load_pretrained
-        return load_pretrained(cls, path, allow_pickle=allow_pickle, id2label=id2label, problem_type=problem_type,
-                               new_head=new_head)
-
-    save_pretrained = Bert.save_pretrained
 
 
 def count_params(model: nn.Module, trainable_only: bool = False) -> int:

@@ -1,10 +1,10 @@
 """Fine-tuning modes: which parameters train.
 
 full   every parameter (the default: "bidirectional" fine-tuning of the whole encoder)
-head   encoder frozen; only the pooler and the classifier train
-top-N  the last N encoder layers, the pooler and the classifier
-lora   low-rank adapters (Hu et al., 2021) beside every encoder linear, plus pooler and
-       classifier; merged into the weights on save, so the saved model is a plain BERT
+head   encoder frozen; only the task's head (and the pooler, where the task has one) trains
+top-N  the last N encoder layers and the head
+lora   low-rank adapters (Hu et al., 2021) beside every encoder linear, plus the head;
+       merged into the weights on save, so the saved model is a plain BERT
 """
 import math
 
@@ -12,7 +12,6 @@ import torch
 import torch.nn as nn
 
 from minift.errors import MiniftError
-from minift.model import BertClassifier
 
 
 class LoRALinear(nn.Module):
@@ -49,7 +48,7 @@ def parse_mode(mode: str) -> tuple[str, int]:
     raise MiniftError(f"--mode {mode!r}: expected full, head, lora or top-N with N a positive number of layers")
 
 
-def apply_mode(model: BertClassifier, mode: str, lora_rank: int = 8, lora_alpha: float = 16.0):
+def apply_mode(model: nn.Module, mode: str, lora_rank: int = 8, lora_alpha: float = 16.0):
     kind, n = parse_mode(mode)
     layers = model.bert.layers
     if kind == "top" and n > len(layers):
@@ -67,8 +66,9 @@ def apply_mode(model: BertClassifier, mode: str, lora_rank: int = 8, lora_alpha:
                 owner_name, _, attr = target.rpartition(".")
                 owner = layer.get_submodule(owner_name)  # "" is the layer itself
                 setattr(owner, attr, LoRALinear(getattr(owner, attr), lora_rank, lora_alpha))
-    model.bert.pooler.requires_grad_(True)
-    model.classifier.requires_grad_(True)
+    for name, p in model.named_parameters():  # the head: everything outside the encoder, and its pooler
+        if not name.startswith("bert.") or name.startswith("bert.pooler."):
+            p.requires_grad_(True)
     return model
 
 

@@ -1,34 +1,32 @@
-"""Inference and evaluation: batched, length-sorted forward passes, probabilities and metrics."""
-import math
+"""Inference and evaluation for every task: length-sorted batches through the model, then the task's
+scoring (evaluate) or decoding into what a user reads (predict). Also sentence embeddings (embed)."""
+import json
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from minift.data import encode_labels, length_batches, read_dataset
+from minift import tasks
+from minift.config import BertConfig
+from minift.data import length_batches
 from minift.errors import MiniftError
-from minift.model import BertClassifier
 from minift.tokenizer import Tokenizer
 from minift.train_step import pick_device, pick_precision
 
-# minift's task names and the Hugging Face problem_type each one is saved as.
-PROBLEM_TYPE = {"classify": "single_label_classification", "multilabel": "multi_label_classification",
-                "regression": "regression"}
-TASK = {v: k for k, v in PROBLEM_TYPE.items()}
-
 
 @torch.inference_mode()
-def logits_for(model, ids: list[list[int]], types: list[list[int]], pad_id: int, batch_size: int,
-               device: torch.device, amp_dtype) -> torch.Tensor:
-    """Logits [N, C] in fp32, in the order of `ids`. Batches hold similar lengths to waste little on padding."""
+def run_model(model, task, feats, pad_id: int, batch_size: int, device: torch.device, amp_dtype) -> list:
+    """The task's result for every feature row, in the order of the rows. Batches hold similar
+    lengths, so little compute goes to padding."""
     was_training = model.training
     model.eval()
-    out = torch.empty(len(ids), model.config.num_labels)
+    out = [None] * len(feats.ids)
     # One autocast region for all batches: it casts each weight to low precision once, not once per batch.
     with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-        for idx in length_batches([len(x) for x in ids], batch_size, seed=None):
-            b = {k: v.to(device) for k, v in Tokenizer.pad([ids[i] for i in idx], [types[i] for i in idx], pad_id).items()}
-            out[idx] = model(**b).float().cpu()
+        for idx in length_batches([len(x) for x in feats.ids], batch_size, seed=None):
+            b = {k: v.to(device) for k, v in task.batch(feats, idx, pad_id).items()}
+            for i, r in zip(idx, task.outputs(model, b)):
+                out[i] = r
     model.train(was_training)
     return out
 
@@ -41,31 +39,6 @@ def low_precision_weights(model, amp_dtype):
             if isinstance(m, torch.nn.Linear):
                 m.to(amp_dtype)
     return model
-
-
-def metrics(logits: torch.Tensor, labels: torch.Tensor, task: str) -> dict[str, float]:
-    """classify: loss, accuracy, macro_f1; multilabel: loss, accuracy (exact set), macro_f1; regression: mse, pearson."""
-    if task == "regression":
-        pred = logits.squeeze(-1)
-        mse = F.mse_loss(pred, labels).item()
-        pearson = torch.corrcoef(torch.stack([pred, labels]))[0, 1].item() if len(labels) > 1 else math.nan
-        return {"mse": mse, "pearson": pearson}
-    if task == "multilabel":
-        loss = F.binary_cross_entropy_with_logits(logits, labels).item()
-        pred, gold = logits > 0, labels > 0.5
-        acc = (pred == gold).all(1).float().mean().item()
-    else:
-        loss = F.cross_entropy(logits, labels).item()
-        pred = logits.argmax(1)
-        acc = (pred == labels).float().mean().item()
-        n = logits.shape[1]
-        pred, gold = F.one_hot(pred, n).bool(), F.one_hot(labels, n).bool()
-    # Macro-F1: the F1 of each class (one-vs-rest), averaged with equal weight per class.
-    tp = (pred & gold).sum(0).float()
-    fp = (pred & ~gold).sum(0).float()
-    fn = (~pred & gold).sum(0).float()
-    f1 = torch.where(tp > 0, 2 * tp / (2 * tp + fp + fn), torch.zeros_like(tp))
-    return {"loss": loss, "accuracy": acc, "macro_f1": f1.mean().item()}
 
 
 def check_sizes(model, batch_size: int, max_length: int | None, pairs: bool = False):
@@ -82,53 +55,61 @@ def check_sizes(model, batch_size: int, max_length: int | None, pairs: bool = Fa
 
 def load(model_dir, device="auto", allow_pickle=False):
     """A fine-tuned model directory -> (model on device, tokenizer, task)."""
-    model = BertClassifier.from_pretrained(model_dir, allow_pickle=allow_pickle)
+    if not Path(model_dir).is_dir():
+        raise MiniftError(f"{model_dir}: no such model directory")
+    BertConfig.from_json(Path(model_dir) / "config.json")  # a clear error for a missing or invalid config first
+    task = tasks.of_saved(json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8")), model_dir)
+    model = task.model.from_pretrained(model_dir, allow_pickle=allow_pickle)
     tokenizer = Tokenizer.from_dir(model_dir)
-    task = TASK.get(model.config.problem_type or "single_label_classification")
-    if model.config.num_labels == 1 and model.config.problem_type is None:
-        task = "regression"
-    dev = pick_device(device)
-    return model.to(dev), tokenizer, task
+    return model.to(pick_device(device)), tokenizer, task
 
 
-def logits_of(model, tok, texts, pairs, batch_size, max_length, precision) -> torch.Tensor:
-    """Tokenise (truncating as in training unless max_length is given) and run: logits [N, C], fp32."""
-    check_sizes(model, batch_size, max_length, pairs is not None)
+def task_options(options: dict) -> tasks.TaskOptions:
+    try:
+        return tasks.TaskOptions(**options)
+    except TypeError as e:
+        raise MiniftError(f"unknown option: {e}") from None
+
+
+def outputs_of(model, tok, task, examples, opts, batch_size, max_length, precision):
+    """Features of the examples (truncated as in training unless max_length is given), run: (outputs, features)."""
+    check_sizes(model, batch_size, max_length, examples.pairs is not None)
     dev = next(model.parameters()).device
-    ids, types = tok.encode(texts, pairs, max_length or min(tok.model_max_length, model.config.max_position_embeddings))
+    max_length = max_length or min(tok.model_max_length, model.config.max_position_embeddings)
+    feats = task.features(examples, tok, max_length, model.config, opts)
     amp_dtype = pick_precision(precision, dev)
-    return logits_for(low_precision_weights(model, amp_dtype), ids, types, tok.pad_id, batch_size, dev, amp_dtype)
+    return run_model(low_precision_weights(model, amp_dtype), task, feats, tok.pad_id, batch_size, dev, amp_dtype), feats
 
 
 def predict(model_dir, texts: list[str], pairs: list[str] | None = None, batch_size: int = 64,
             max_length: int | None = None, device: str = "auto", precision: str = "auto",
-            allow_pickle: bool = False) -> list[dict]:
-    """Per text: {"label": name, "probs": {name: p}} (classify, multilabel: "labels" and per-label probs),
-    or {"score": x} (regression)."""
+            allow_pickle: bool = False, **options) -> list[dict]:
+    """One dict per text, as the model's task writes it: for a classifier {"label": name, "probs":
+    {name: p}} (multilabel: "labels" and per-label probs), for a regressor {"score": x}.
+    options: the task's settings (TaskOptions)."""
     model, tok, task = load(model_dir, device, allow_pickle)
-    logits = logits_of(model, tok, texts, pairs, batch_size, max_length, precision)
-    names = [model.config.id2label[i] for i in range(model.config.num_labels)] if model.config.id2label else None
-    if task == "regression":
-        return [{"score": x} for x in logits.squeeze(-1).tolist()]
-    if task == "multilabel":
-        probs = torch.sigmoid(logits).tolist()
-        return [{"labels": [n for n, p in zip(names, row) if p > 0.5], "probs": dict(zip(names, row))} for row in probs]
-    probs = torch.softmax(logits, dim=-1).tolist()
-    return [{"label": names[max(range(len(row)), key=row.__getitem__)], "probs": dict(zip(names, row))} for row in probs]
+    examples = task.from_texts(texts, pairs, tok)
+    return predict_examples(model, tok, task, examples, task_options(options), batch_size, max_length, precision)
+
+
+def predict_examples(model, tok, task, examples, opts, batch_size, max_length, precision) -> list[dict]:
+    outputs, feats = outputs_of(model, tok, task, examples, opts, batch_size, max_length, precision)
+    return task.decode(outputs, feats, examples, model.config)
 
 
 def evaluate(model_dir, data, text_column="text", text_pair_column=None, label_column="label",
              batch_size: int = 64, max_length: int | None = None, device: str = "auto", precision: str = "auto",
-             allow_pickle: bool = False) -> dict:
-    """Metrics of a fine-tuned model on a labelled file (see metrics())."""
+             allow_pickle: bool = False, **options) -> dict:
+    """The task's metrics of a fine-tuned model on a labelled file, plus the number of examples.
+    options: the task's other settings (TaskOptions)."""
     model, tok, task = load(model_dir, device, allow_pickle)
     check_sizes(model, batch_size, max_length, text_pair_column is not None)  # before reading the data
-    ds = read_dataset(data, text_column, text_pair_column, label_column)
-    if task != "regression" and not model.config.id2label:
-        raise MiniftError(f"{Path(model_dir) / 'config.json'}: has no id2label, so labels in {data} cannot be matched")
-    labels = encode_labels(ds, model.config.label2id, task)
-    logits = logits_of(model, tok, ds.texts, ds.pairs, batch_size, max_length, precision)
-    return {**metrics(logits, labels, task), "examples": len(ds.texts), "skipped_empty": ds.skipped_empty}
+    opts = task_options(dict(options, text_column=text_column, text_pair_column=text_pair_column,
+                             label_column=label_column))
+    examples = task.read(data, opts)
+    outputs, feats = outputs_of(model, tok, task, examples, opts, batch_size, max_length, precision)
+    return {**task.score(outputs, feats), "examples": len(examples.texts),
+            "skipped_empty": getattr(examples, "skipped_empty", 0)}
 
 
 @torch.inference_mode()

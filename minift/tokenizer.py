@@ -95,6 +95,8 @@ class Tokenizer:
         tok.add_special_tokens(SPECIAL_TOKENS)
         return cls(tok, config.get("model_max_length", 512))
 
+    from_pretrained = from_dir  # the name a transformers user reaches for, as Bert.from_pretrained
+
     def encode(self, texts, pairs=None, max_length=512):
         """(input_ids, token_type_ids), a list per text: unpadded, at most max_length long with [CLS]/[SEP]."""
         _check_list("texts", texts)
@@ -112,7 +114,11 @@ class Tokenizer:
             ids = [cls + a[: max_length - 2] + sep for a in firsts]
             return ids, [[0] * len(i) for i in ids]
         ids, types = [], []
-        for e, a in zip(self._tok.encode_batch_fast(pairs, add_special_tokens=False), firsts):
+        for e, a, pair in zip(self._tok.encode_batch_fast(pairs, add_special_tokens=False), firsts, pairs):
+            if not pair:  # an empty second text makes a single text, as in transformers (its `if text_pair`)
+                ids.append(cls + a[: max_length - 2] + sep)
+                types.append([0] * len(ids[-1]))
+                continue
             a, b = _longest_first(a, e.ids, max_length - 3)
             ids.append(cls + a + sep + b + sep)
             types.append([0] * (len(a) + 2) + [1] * (len(b) + 1))

@@ -89,13 +89,13 @@ def make_schedule(optimizer, warmup_steps: int, total_steps: int) -> torch.optim
 
 
 def make_loss_fn(model: nn.Module, amp_dtype: torch.dtype | None, device: torch.device, compile: bool):
-    """(input_ids, attention_mask, token_type_ids, labels) -> scalar loss, under autocast.
+    """(**batch: the model's keyword arguments, labels included) -> scalar loss, under autocast.
 
     dynamic=True compiles one graph with symbolic batch and sequence sizes, so a new batch
     shape does not trigger a new compilation."""
-    def loss_fn(input_ids, attention_mask, token_type_ids, labels):
+    def loss_fn(**batch):
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            return model(input_ids, attention_mask, token_type_ids, labels=labels)[1]
+            return model(**batch)[1]
     return torch.compile(loss_fn, dynamic=True) if compile else loss_fn
 
 

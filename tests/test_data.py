@@ -4,7 +4,8 @@ import random
 import pytest
 import torch
 
-from minift.data import encode_labels, label_map, length_batches, read_dataset
+from minift.data import length_batches, read_dataset
+from minift.tasks.classify import encode_labels, label_map
 from minift.errors import MiniftError
 
 

@@ -48,7 +48,11 @@ def test_tokenizer_single_texts(tok, texts, max_length):
 def test_tokenizer_pairs(tok, pairs, max_length):
     firsts, seconds = [a for a, _ in pairs], [b for _, b in pairs]
     ids, types = tok.encode(firsts, seconds, max_length)
-    for i, t in zip(ids, types):
+    singles, _ = tok.encode(firsts, None, max_length)
+    for i, t, b, single in zip(ids, types, seconds, singles):
+        if not b:  # an empty second text makes a single text, as in transformers
+            assert i == single and set(t) == {0}
+            continue
         assert 3 <= len(i) <= max_length and len(t) == len(i)
         assert i[0] == tok.cls_id and i[-1] == tok.sep_id
         first = t.index(1)  # type ids: 0 for [CLS] a [SEP], then 1 for b [SEP]

@@ -34,7 +34,7 @@ from conftest import ROOT
 from minift.checkpoint import load_train_state, save_train_state
 from minift.cli import main
 from minift.errors import MiniftError
-from minift.model import BertClassifier
+from minift.tasks.classify import BertClassifier
 from minift.predict import embed, evaluate, predict
 from minift.train_loop import train
 from minift.train_step import make_optimizer, make_schedule
@@ -515,7 +515,7 @@ SAVER = r"""
 import sys, torch
 from minift.checkpoint import save_train_state
 from minift.config import BertConfig
-from minift.model import BertClassifier
+from minift.tasks.classify import BertClassifier
 from minift.train_step import make_optimizer, make_schedule
 torch.set_num_threads(1)
 root = sys.argv[1]

@@ -29,7 +29,8 @@ from safetensors.torch import load_file, save_file
 import minift.train_loop
 from minift.checkpoint import hf_state_dict
 from minift.errors import MiniftError
-from minift.model import BertClassifier, SelfAttention
+from minift.model import SelfAttention
+from minift.tasks.classify import BertClassifier
 from minift.modes import apply_mode, merge_lora, parse_mode
 from minift.predict import evaluate, predict
 from minift.tokenizer import Tokenizer

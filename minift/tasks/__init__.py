@@ -1,0 +1,57 @@
+"""Tasks: what differs between fine-tuning jobs on one encoder, one file each.
+
+The training loop (train_loop.py), evaluation and prediction (predict.py) are the same for every
+task; they call these members of a task object, and nothing else about it:
+
+  name, model            the task's name and its nn.Module: encoder + head, Hugging Face names and layout
+  metrics                its dev metrics' names; the first is the default --metric
+  read(path, opts, labelled)     a file -> examples (opts: TaskOptions, or the RunConfig that extends it)
+  from_texts(texts, pairs, tok)  what a user typed -> examples, for predict
+  label_names(train)             id2label from the training examples, or None
+  features(examples, tok, max_length, config, opts, log)
+                                 examples -> token ids (+ labels, + the alignment back to the input)
+  batch(features, idx, pad_id)   rows idx of the features -> the model's keyword arguments, padded
+  outputs(model, batch)          one batch through the model -> one fp32 CPU result per row
+  score(outputs, features)       all rows' results -> {metric: value}
+  decode(outputs, features, examples, config)  -> what a user reads, one dict per example
+"""
+from dataclasses import dataclass
+
+from minift.errors import MiniftError
+from minift.tasks.classify import Classify
+
+
+@dataclass
+class TaskOptions:
+    """The settings that reading a task's files and making its features need; train's RunConfig extends
+    them, and evaluate / predict take them as keyword arguments."""
+    text_column: str = "text"
+    text_pair_column: str | None = None
+    label_column: str = "label"
+
+
+TASKS = {name: Classify(name) for name in ("classify", "multilabel", "regression")}
+
+
+def get(name: str):
+    if name not in TASKS:
+        raise MiniftError(f"--task {name!r}: expected one of {', '.join(TASKS)}")
+    return TASKS[name]
+
+
+def of_saved(config: dict, path) -> object:
+    """The task a fine-tuned model directory was trained for, from its config.json."""
+    arch = (config.get("architectures") or ["BertModel"])[0]
+    found = [t for t in TASKS.values() if t.model.ARCHITECTURE == arch]
+    if not found:
+        raise MiniftError(f"{path}: config.json names architecture {arch!r}, which is not a fine-tuned model of "
+                          f"any minift task ({', '.join(sorted({t.model.ARCHITECTURE for t in TASKS.values()}))}); "
+                          "fine-tune it first with `minift train`")
+    if len(found) == 1:
+        return found[0]
+    # Sequence classification: Hugging Face's rule when problem_type is absent.
+    kind = config.get("problem_type")
+    if kind is None:
+        kind = "regression" if config.get("num_labels", len(config.get("id2label") or {}) or 2) == 1 \
+            else "single_label_classification"
+    return next(t for t in found if t.problem_type == kind)

@@ -1,0 +1,255 @@
+"""Sequence (pair) classification, multi-label classification and regression: one vector per text.
+
+The head is BertForSequenceClassification's: dropout and a linear layer on the pooled [CLS] vector.
+The three kinds differ only in how labels are read and scored:
+  classify    one class per text; cross-entropy; accuracy, macro-F1
+  multilabel  any set of classes per text; one sigmoid per class; exact-set accuracy, macro-F1
+  regression  one number per text; mean squared error; MSE, Pearson correlation
+"""
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from minift.config import BertConfig
+from minift.data import Dataset, read_dataset
+from minift.errors import MiniftError
+from minift.model import Bert, Dropout, init_weights
+
+# minift's name for each kind and the Hugging Face problem_type it is saved as.
+PROBLEM_TYPE = {"classify": "single_label_classification", "multilabel": "multi_label_classification",
+                "regression": "regression"}
+
+
+class BertClassifier(nn.Module):
+    """BERT + dropout + a linear head on the pooled [CLS] vector (BertForSequenceClassification)."""
+    ARCHITECTURE = "BertForSequenceClassification"
+    HEAD = ("classifier.",)  # tensors outside the encoder, under their Hugging Face names
+    POOLER = True
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.config = config
+        self.bert = Bert(config, pooler=True)
+        p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        self.drop = Dropout(p)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        init_weights(self.classifier, config.initializer_range)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None):
+        pooled = self.bert(input_ids, attention_mask, token_type_ids, pooled_only=True)  # [B, H]
+        logits = self.classifier(self.drop(pooled))  # [B, num_labels]
+        if labels is None:
+            return logits
+        return logits, self.loss(logits, labels)
+
+    def problem_type(self, labels) -> str:
+        # Hugging Face's rule when config.json does not say: one output is regression,
+        # integer labels are single-label classes, float multi-hot rows are multi-label.
+        if self.config.problem_type:
+            return self.config.problem_type
+        if self.config.num_labels == 1:
+            return "regression"
+        if labels.dtype in (torch.long, torch.int):
+            return "single_label_classification"
+        return "multi_label_classification"
+
+    def loss(self, logits, labels):  # logits [B, C]; labels [B] (long or float) or [B, C] float
+        kind = self.problem_type(labels)
+        logits = logits.float()  # losses in fp32 even under autocast
+        if kind == "regression":
+            return F.mse_loss(logits.squeeze(-1), labels.float().view(-1)) if self.config.num_labels == 1 \
+                else F.mse_loss(logits, labels.float())
+        if kind == "single_label_classification":
+            return F.cross_entropy(logits, labels.view(-1))
+        return F.binary_cross_entropy_with_logits(logits, labels.float())
+
+    @classmethod
+    def from_pretrained(cls, path, allow_pickle: bool = False, id2label=None, problem_type=None,
+                        new_head: bool = False) -> "BertClassifier":
+        """Load a fine-tuned classifier, or a base BERT with a freshly initialised head.
+
+        id2label / problem_type set the head for a task; new_head=True discards a head already
+        in the checkpoint (else it must fit id2label, or the shape check says why not)."""
+        from minift.checkpoint import load_pretrained
+        return load_pretrained(cls, path, allow_pickle=allow_pickle, id2label=id2label, problem_type=problem_type,
+                               new_head=new_head)
+
+    def save_pretrained(self, path, tokenizer=None):
+        from minift.checkpoint import save_pretrained
+        save_pretrained(self, path, tokenizer)
+
+
+@dataclass
+class Features:
+    ids: list[list[int]]  # [CLS] text [SEP] (pair [SEP]) token ids, unpadded
+    types: list[list[int]]
+    labels: torch.Tensor | None  # [n] long, [n, C] float multi-hot, or [n] float; None when unlabelled
+
+
+class Classify:
+    model = BertClassifier
+
+    def __init__(self, kind: str):
+        self.name = kind
+        self.problem_type = PROBLEM_TYPE[kind]
+        self.metrics = ("mse", "pearson") if kind == "regression" else ("accuracy", "macro_f1", "loss")
+
+    # ---- reading ----
+    def read(self, path, opts, labelled: bool = True) -> Dataset:
+        return read_dataset(path, opts.text_column, opts.text_pair_column, opts.label_column, need_labels=labelled)
+
+    def from_texts(self, texts, pairs, tok) -> Dataset:
+        return Dataset("<texts>", list(texts), None if pairs is None else list(pairs), None, list(range(1, len(texts) + 1)))
+
+    def label_names(self, train: Dataset) -> dict[int, str]:
+        """id2label from the training labels; regression has one output, called score."""
+        try:
+            label2id = label_map(train.labels, self.name)
+        except MiniftError as e:  # label_map sees values only: name the file they came from
+            raise MiniftError(f"{train.path}: {e}") from None
+        return {i: n for n, i in label2id.items()} or {0: "score"}
+
+    # ---- features ----
+    def features(self, ds: Dataset, tok, max_length: int, config: BertConfig, opts, log=None) -> Features:
+        ids, types = tok.encode(ds.texts, ds.pairs, max_length)
+        if ds.labels is not None and self.name != "regression" and not config.id2label:
+            raise MiniftError(f"{ds.path}: the model's config.json has no id2label, so its labels cannot be matched")
+        labels = encode_labels(ds, config.label2id, self.name) if ds.labels is not None else None
+        return Features(ids, types, labels)
+
+    def batch(self, f: Features, idx: list[int], pad_id: int) -> dict:
+        from minift.tokenizer import Tokenizer
+        b = Tokenizer.pad([f.ids[i] for i in idx], [f.types[i] for i in idx], pad_id)
+        if f.labels is not None:
+            b["labels"] = f.labels[idx]
+        return b
+
+    def outputs(self, model, batch: dict) -> list[torch.Tensor]:  # logits [C] per row
+        return list(model(**{k: v for k, v in batch.items() if k != "labels"}).float().cpu())
+
+    # ---- scoring and output ----
+    def score(self, outputs: list[torch.Tensor], f: Features) -> dict[str, float]:
+        return metrics(torch.stack(outputs), f.labels, self.name)
+
+    def decode(self, outputs: list[torch.Tensor], f: Features, ds: Dataset, config: BertConfig) -> list[dict]:
+        """Per text: {"label": name, "probs": {name: p}} (classify), {"labels": [...], "probs": ...}
+        (multilabel) or {"score": x} (regression)."""
+        logits = torch.stack(outputs)
+        names = [config.id2label[i] for i in range(config.num_labels)] if config.id2label else None
+        if self.name == "regression":
+            return [{"score": x} for x in logits.squeeze(-1).tolist()]
+        if self.name == "multilabel":
+            probs = torch.sigmoid(logits).tolist()
+            return [{"labels": [n for n, p in zip(names, row) if p > 0.5], "probs": dict(zip(names, row))}
+                    for row in probs]
+        probs = torch.softmax(logits, dim=-1).tolist()
+        return [{"label": names[max(range(len(row)), key=row.__getitem__)], "probs": dict(zip(names, row))}
+                for row in probs]
+
+
+def metrics(logits: torch.Tensor, labels: torch.Tensor, task: str) -> dict[str, float]:
+    """classify: loss, accuracy, macro_f1; multilabel: loss, accuracy (exact set), macro_f1; regression: mse, pearson."""
+    if task == "regression":
+        pred = logits.squeeze(-1)
+        mse = F.mse_loss(pred, labels).item()
+        pearson = torch.corrcoef(torch.stack([pred, labels]))[0, 1].item() if len(labels) > 1 else math.nan
+        return {"mse": mse, "pearson": pearson}
+    if task == "multilabel":
+        loss = F.binary_cross_entropy_with_logits(logits, labels).item()
+        pred, gold = logits > 0, labels > 0.5
+        acc = (pred == gold).all(1).float().mean().item()
+    else:
+        loss = F.cross_entropy(logits, labels).item()
+        pred = logits.argmax(1)
+        acc = (pred == labels).float().mean().item()
+        n = logits.shape[1]
+        pred, gold = F.one_hot(pred, n).bool(), F.one_hot(labels, n).bool()
+    # Macro-F1: the F1 of each class (one-vs-rest), averaged with equal weight per class.
+    tp = (pred & gold).sum(0).float()
+    fp = (pred & ~gold).sum(0).float()
+    fn = (~pred & gold).sum(0).float()
+    f1 = torch.where(tp > 0, 2 * tp / (2 * tp + fp + fn), torch.zeros_like(tp))
+    return {"loss": loss, "accuracy": acc, "macro_f1": f1.mean().item()}
+
+
+# ---- labels: the values a file holds -> class ids ----
+
+def _missing(value):
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def _class_name(value):
+    if isinstance(value, (list, dict)):
+        raise MiniftError(f"Label {value!r} is a {type(value).__name__}; single-label classification needs "
+                          f"one label per example (lists of labels are for the multilabel task).")
+    return str(value).strip()
+
+
+def _label_names(value):
+    # Multilabel values: a JSON list, or one string with the names separated by "|".
+    names = value if isinstance(value, list) else str(value).split("|")
+    return [n for n in (str(x).strip() for x in names) if n]
+
+
+def label_map(labels: list, task: str) -> dict[str, int]:
+    """label2id built from the training labels; regression has none."""
+    if task == "regression":
+        return {}
+    if task == "multilabel":
+        names = sorted({n for v in labels if v is not None for n in _label_names(v)})
+        if not names:
+            raise MiniftError("The training set has no labels at all; multilabel needs at least one label name.")
+        return {n: i for i, n in enumerate(names)}
+    if task != "classify":
+        raise ValueError(f"unknown task {task!r}; expected one of {', '.join(PROBLEM_TYPE)}")
+    # Missing values are left out here and reported with their line by encode_labels.
+    names = {_class_name(v) for v in labels if not _missing(v)}
+    if len(names) < 2:
+        raise MiniftError(f"The training set has {len(names)} distinct label(s) ({', '.join(sorted(names))}); "
+                          f"a classifier needs examples of at least 2 classes.")
+    try:  # numeric labels sort as numbers so that -1/1 become 0/1 and 2 comes before 10
+        order = sorted(names, key=int)
+    except ValueError:
+        order = sorted(names)
+    return {n: i for i, n in enumerate(order)}
+
+
+def encode_labels(ds: Dataset, label2id: dict, task: str) -> torch.Tensor:
+    def fail(i, what):
+        raise MiniftError(f"{ds.path}, line {ds.lines[i]}: {what}")
+
+    if task == "regression":
+        out = []
+        for i, v in enumerate(ds.labels):
+            try:
+                x = float(v)
+            except (TypeError, ValueError):
+                x = math.nan
+            if not math.isfinite(x):
+                fail(i, f"label {v!r} is not a number; regression needs a finite number on every row.")
+            out.append(x)
+        return torch.tensor(out, dtype=torch.float32)
+
+    known = ", ".join(map(repr, label2id))
+    if task == "multilabel":
+        out = torch.zeros(len(ds.labels), len(label2id))
+        for i, v in enumerate(ds.labels):
+            if v is None:
+                fail(i, "the label is null; use [] (or an empty string in CSV) for an example with no labels.")
+            for n in _label_names(v):
+                if n not in label2id:
+                    fail(i, f"label {n!r} never occurs in the training set (known labels: {known}).")
+                out[i, label2id[n]] = 1.0
+        return out
+
+    ids = []
+    for i, v in enumerate(ds.labels):
+        if _missing(v):
+            fail(i, "the label is missing; every example needs a label (drop the row or fill it in).")
+        if _class_name(v) not in label2id:
+            fail(i, f"label {_class_name(v)!r} never occurs in the training set (known labels: {known}).")
+        ids.append(label2id[_class_name(v)])
+    return torch.tensor(ids, dtype=torch.long)
