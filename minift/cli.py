@@ -89,9 +89,13 @@ def add_fields(parser, dataclass, skip=()):
     for field in dataclasses.fields(dataclass):
         if field.name in skip:
             continue
+        flag = "--" + field.name.replace("_", "-")
+        if field.default is False:  # a switch
+            parser.add_argument(flag, action="store_true", help=TRAIN_HELP[field.name])
+            continue
         typ = types.get(field.name) or {int: int, float: float}.get(type(field.default), str)
         help_ = TRAIN_HELP[field.name] + (f" (default {field.default})" if field.default is not None else "")
-        parser.add_argument("--" + field.name.replace("_", "-"), type=typ, default=field.default, help=help_)
+        parser.add_argument(flag, type=typ, default=field.default, help=help_)
 
 
 def add_allow_pickle(parser):
