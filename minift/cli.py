@@ -10,14 +10,20 @@ from minift.errors import MiniftError
 TRAIN_HELP = {
     "eval": "dev set, evaluated after every epoch; the best model by --metric is the one kept in --out",
     "task": "classify (one label per text), multilabel (labels separated by | in CSV/TSV, or a JSON list), "
-            "regression (a number); each is a file in minift/tasks/",
+            "regression (a number), qa (extractive question answering on SQuAD .json/.jsonl); "
+            "each is a file in minift/tasks/",
     "text_column": "column holding the text", "text_pair_column": "column holding the second text of a pair",
     "label_column": "column holding the label",
+    "doc_stride": "qa: tokens by which a long context's windows overlap",
+    "max_answer_length": "qa: the longest answer, in tokens",
+    "null_threshold": "qa with --squad-v2: answer nothing when the [CLS] score beats the best span's by more than this",
+    "squad_v2": "qa: SQuAD v2.0, where questions may have no answer (empty answers in the data); "
+                "predicts no answer by --null-threshold and scores with the v2.0 evaluation (HasAns/NoAns)",
     "epochs": "passes over the training set", "max_steps": "stop after this many optimizer steps (overrides --epochs)",
     "lr": "peak learning rate of AdamW (default by mode: full 5e-5, top-N 1e-4, lora 5e-4, head 1e-3)", "batch_size": "examples per micro-batch",
     "grad_accum": "micro-batches accumulated into one optimizer step",
     "max_length": "tokens per example, [CLS] and [SEP] included; longer texts are truncated "
-                  "(default 128, or the model's max_position_embeddings if smaller)",
+                  "(default 128, qa 384 per window, or the model's max_position_embeddings if smaller)",
     "warmup": "fraction of steps spent warming the learning rate up from 0 (then linear decay to 0)",
     "weight_decay": "AdamW decoupled weight decay, applied to matrices and embeddings only",
     "max_grad_norm": "clip the global gradient norm to this",
@@ -70,10 +76,16 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--model", required=True, help="a fine-tuned model directory (the --out of train)")
         if name == "predict":
             q.add_argument("texts", nargs="*", help="texts to classify")
-            q.add_argument("--input", help="file with one text per line (.txt), or a .csv/.tsv/.jsonl")
-            q.add_argument("--output", help="write JSON lines here instead of stdout")
+            q.add_argument("--question", action="append", default=[], help="a question (qa), with its --context; "
+                                                                           "repeat both for more")
+            q.add_argument("--context", action="append", default=[],
+                           help="the passage that answers each --question (qa); the second text of each pair")
+            q.add_argument("--input", help="file with one text per line (.txt), or a .csv/.tsv/.jsonl "
+                                           "(qa: SQuAD .json or .jsonl)")
+            q.add_argument("--output", help="write JSON lines here instead of stdout (qa: a .json name gets the "
+                                            "official SQuAD evaluation's {id: answer})")
         else:
-            q.add_argument("--data", required=True, help="labelled .csv/.tsv/.jsonl file")
+            q.add_argument("--data", required=True, help="labelled .csv/.tsv/.jsonl file (qa: SQuAD .json or .jsonl)")
         add_fields(q, TaskOptions)
         q.add_argument("--batch-size", type=int, default=64)
         q.add_argument("--max-length", type=int, help="default: the length the model was trained with")
@@ -106,12 +118,15 @@ def add_allow_pickle(parser):
 
 def read_inputs(args, task, tok, opts):
     """predict's examples: the texts on the command line, the lines of a .txt, or a file the task reads."""
-    if args.texts and args.input:
+    texts, pairs = args.texts + args.question, args.context or None
+    if texts and args.input:
         raise MiniftError("give texts on the command line or --input FILE, not both")
     if not args.input:
-        if not args.texts:
+        if not texts:
             raise MiniftError("no texts: give them as arguments or with --input FILE")
-        return task.from_texts(args.texts, None, tok)
+        if pairs is not None and len(pairs) != len(texts):
+            raise MiniftError(f"{len(texts)} text(s) or question(s) but {len(pairs)} --context: give one each")
+        return task.from_texts(texts, pairs, tok)
     path = Path(args.input)
     if path.suffix.lower() == ".txt":
         return task.from_texts(read_txt(path), None, tok)
@@ -157,6 +172,13 @@ def write_lines(rows, output):
     print(f"wrote {len(rows)} rows to {output}", file=sys.stderr)
 
 
+def write_document(doc, output):
+    from minift.checkpoint import atomic_write
+    atomic_write(Path(output), lambda f: f.write_text(json.dumps(doc, ensure_ascii=False, indent=1) + "\n",
+                                                      encoding="utf-8"))
+    print(f"wrote {len(doc)} entries to {output}", file=sys.stderr)
+
+
 def run(args):
     if args.command == "fetch":
         from minift.fetch import fetch_data, fetch_weights
@@ -186,7 +208,11 @@ def run(args):
         opts = task_options(options_of(args))
         examples = read_inputs(args, task, tok, opts)
         rows = predict_examples(model, tok, task, examples, opts, args.batch_size, args.max_length, args.precision)
-        write_lines([{"text": t, **r} for t, r in zip(examples.texts, rows)], args.output)
+        rows = [{"text": t, **r} for t, r in zip(examples.texts, rows)]
+        if args.output and args.output.endswith(".json") and hasattr(task, "document"):
+            write_document(task.document(rows), args.output)
+        else:
+            write_lines(rows, args.output)
     elif args.command == "eval":
         from minift.predict import evaluate
         result = evaluate(args.model, args.data, batch_size=args.batch_size, max_length=args.max_length,

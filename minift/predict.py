@@ -85,7 +85,8 @@ def predict(model_dir, texts: list[str], pairs: list[str] | None = None, batch_s
             max_length: int | None = None, device: str = "auto", precision: str = "auto",
             allow_pickle: bool = False, **options) -> list[dict]:
     """One dict per text, as the model's task writes it: for a classifier {"label": name, "probs":
-    {name: p}} (multilabel: "labels" and per-label probs), for a regressor {"score": x}.
+    {name: p}} (multilabel: "labels" and per-label probs), for a regressor {"score": x}; for question
+    answering (texts: questions, pairs: their contexts) {"id", "answer", "score", "start", "end"}.
     options: the task's settings (TaskOptions)."""
     model, tok, task = load(model_dir, device, allow_pickle)
     examples = task.from_texts(texts, pairs, tok)

@@ -124,6 +124,13 @@ class Tokenizer:
             types.append([0] * (len(a) + 2) + [1] * (len(b) + 1))
         return ids, types
 
+    def encode_offsets(self, texts):
+        """(ids, offsets) per text, without [CLS]/[SEP]: the token ids and each token's (start, end)
+        character span in the text, so that a span of tokens maps back to the exact substring."""
+        _check_list("texts", texts)
+        enc = self._tok.encode_batch(texts, add_special_tokens=False)
+        return [e.ids for e in enc], [e.offsets for e in enc]
+
     @staticmethod
     def pad(ids_list, type_ids_list, pad_id):
         """Right-pad to the longest sequence: input_ids, attention_mask, token_type_ids as [B, T] LongTensors."""

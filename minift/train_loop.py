@@ -59,7 +59,7 @@ class RunConfig(tasks.TaskOptions):
     lr: float | None = None  # by mode: DEFAULT_LR
     batch_size: int = 32
     grad_accum: int = 1
-    max_length: int | None = None  # 128, or fewer if the model has fewer positions
+    max_length: int | None = None  # the task's default_max_length, or fewer if the model has fewer positions
     warmup: float = 0.1
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
@@ -238,7 +238,7 @@ def load_model(task, cfg: RunConfig, id2label, allow_pickle: bool):
     note = (f"{cfg.model}: its head was for {arch} {before.id2label or ''}; starting a new one for {cfg.task} "
             f"{id2label or ''}") if new_head and arch != "BertModel" else None
     tok = Tokenizer.from_dir(cfg.model)
-    cfg.max_length = cfg.max_length or min(128, net.config.max_position_embeddings)
+    cfg.max_length = cfg.max_length or min(task.default_max_length, net.config.max_position_embeddings)
     if cfg.max_length > net.config.max_position_embeddings:
         raise MiniftError(f"--max-length {cfg.max_length}: the model has only "
                           f"{net.config.max_position_embeddings} positions (max_position_embeddings)")

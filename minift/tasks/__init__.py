@@ -5,6 +5,7 @@ task; they call these members of a task object, and nothing else about it:
 
   name, model            the task's name and its nn.Module: encoder + head, Hugging Face names and layout
   metrics                its dev metrics' names; the first is the default --metric
+  default_max_length     --max-length when none is given (capped at the model's positions)
   read(path, opts, labelled)     a file -> examples (opts: TaskOptions, or the RunConfig that extends it)
   from_texts(texts, pairs, tok)  what a user typed -> examples, for predict
   label_names(train)             id2label from the training examples, or None
@@ -14,11 +15,14 @@ task; they call these members of a task object, and nothing else about it:
   outputs(model, batch)          one batch through the model -> one fp32 CPU result per row
   score(outputs, features)       all rows' results -> {metric: value}
   decode(outputs, features, examples, config)  -> what a user reads, one dict per example
+and, where a task has a file format of its own for predictions:
+  document(rows)         decode's rows -> the JSON document `predict --output NAME.json` writes
 """
 from dataclasses import dataclass
 
 from minift.errors import MiniftError
 from minift.tasks.classify import Classify
+from minift.tasks.qa import QA
 
 
 @dataclass
@@ -28,9 +32,14 @@ class TaskOptions:
     text_column: str = "text"
     text_pair_column: str | None = None
     label_column: str = "label"
+    doc_stride: int = 128
+    max_answer_length: int = 30
+    null_threshold: float = 0.0
+    squad_v2: bool = False
 
 
 TASKS = {name: Classify(name) for name in ("classify", "multilabel", "regression")}
+TASKS["qa"] = QA()
 
 
 def get(name: str):

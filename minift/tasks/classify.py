@@ -91,6 +91,7 @@ class Features:
 
 class Classify:
     model = BertClassifier
+    default_max_length = 128
 
     def __init__(self, kind: str):
         self.name = kind
