@@ -34,7 +34,8 @@ TRAIN_HELP = {
     "precision": "auto picks bf16 where the CPU or GPU supports it, else fp32; fp16 (with loss scaling) is GPU only",
     "compile": "torch.compile the training step; auto compiles on GPU only (on a CPU it did not pay, see bench/)",
     "device": "auto (cuda if available), cpu, cuda, cuda:N",
-    "metric": "dev metric that picks the kept model: accuracy (default), macro_f1, loss; mse, pearson for regression",
+    "metric": "dev metric that picks the kept model: accuracy (default), macro_f1, loss; mse, pearson for regression; "
+              "f1, exact, loss for qa",
     "seed": "seed for initialisation, dropout and data order",
 }
 
