@@ -1,9 +1,10 @@
-"""Checkpoint I/O: Hugging Face BERT directories in and out of minift's modules.
+"""Checkpoint I/O: Hugging Face directories of the BERT family in and out of minift's modules.
 
 A Hugging Face directory holds config.json and model.safetensors (or shards listed in
 model.safetensors.index.json). Tensor names differ between minift and Hugging Face in two
-ways only: shorter module names, and one fused [3H, H] QKV projection where Hugging Face
-keeps query, key and value apart. hf_names() is the whole translation table.
+ways only: shorter module names, and one fused [3H, H] QKV projection where most families
+keep query, key and value apart. The tables below (one per layout, LAYOUTS per family) and
+hf_names() are the whole translation.
 """
 import glob
 import json
@@ -14,33 +15,50 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from minift.config import BertConfig
+from minift.config import FAMILIES, BertConfig
 from minift.errors import MiniftError
 
-# minift name inside a layer -> Hugging Face name inside encoder.layer.{i}
-LAYER = {"attn.proj": "attention.output.dense", "ln1": "attention.output.LayerNorm",
-         "fc": "intermediate.dense", "proj": "output.dense", "ln2": "output.LayerNorm"}
-ENCODER = ("embeddings.", "encoder.", "pooler.")  # Hugging Face prefixes of the encoder's tensors
-EMBEDDINGS = {"word": "word_embeddings", "position": "position_embeddings",
-              "token_type": "token_type_embeddings", "ln": "LayerNorm"}
+# minift module -> Hugging Face module(s), per layout; inside a layer, relative to NAMES["layers"].{i}.
+# A tuple is concatenated along the output dimension, in this order (minift's fused QKV).
+BERT = {"embeddings.word": "embeddings.word_embeddings", "embeddings.position": "embeddings.position_embeddings",
+        "embeddings.token_type": "embeddings.token_type_embeddings", "embeddings.ln": "embeddings.LayerNorm",
+        "embeddings.project": "embeddings_project", "pooler": "pooler.dense", "layers": "encoder.layer",
+        "attn.qkv": ("attention.self.query", "attention.self.key", "attention.self.value"),
+        "attn.proj": "attention.output.dense", "ln1": "attention.output.LayerNorm",
+        "fc": "intermediate.dense", "proj": "output.dense", "ln2": "output.LayerNorm"}
+DISTILBERT = {"embeddings.word": "embeddings.word_embeddings", "embeddings.position": "embeddings.position_embeddings",
+              "embeddings.ln": "embeddings.LayerNorm", "layers": "transformer.layer",
+              "attn.qkv": ("attention.q_lin", "attention.k_lin", "attention.v_lin"), "attn.proj": "attention.out_lin",
+              "ln1": "sa_layer_norm", "fc": "ffn.lin1", "proj": "ffn.lin2", "ln2": "output_layer_norm"}
+MODERNBERT = {"embeddings.word": "embeddings.tok_embeddings", "embeddings.ln": "embeddings.norm",
+              "final_ln": "final_norm", "layers": "layers", "attn.qkv": "attn.Wqkv", "attn.proj": "attn.Wo",
+              "ln1": "attn_norm", "fc": "mlp.Wi", "proj": "mlp.Wo", "ln2": "mlp_norm"}
+# model_type -> (the encoder's name inside transformers' task models, its names, pretraining heads to leave out)
+ELECTRA_HEADS = ("discriminator_predictions.", "generator_predictions.", "generator_lm_head.")
+LAYOUTS = {"bert": ("bert", BERT, ("cls.",)), "roberta": ("roberta", BERT, ("lm_head.",)),
+           "xlm-roberta": ("roberta", BERT, ("lm_head.",)), "camembert": ("roberta", BERT, ("lm_head.",)),
+           "electra": ("electra", BERT, ELECTRA_HEADS),
+           "distilbert": ("distilbert", DISTILBERT, ("vocab_transform.", "vocab_layer_norm.", "vocab_projector.")),
+           "modernbert": ("model", MODERNBERT, ("decoder.",))}  # its MLM's head.* is the classifier's too
 
 
-def hf_names(name: str) -> list[str]:
-    """Hugging Face tensor names (without any 'bert.' prefix) that make up minift tensor `name`."""
+def hf_names(name: str, names: dict = BERT) -> list[str]:
+    """Hugging Face tensor names (without the encoder's prefix) that make up minift tensor `name`."""
     parts = name.split(".")
     module, leaf = ".".join(parts[:-1]), parts[-1]  # e.g. "layers.3.attn.qkv", "weight"
-    if parts[0] == "embeddings":
-        return [f"embeddings.{EMBEDDINGS[parts[1]]}.{leaf}"]
-    if parts[0] == "pooler":
-        return [f"pooler.dense.{leaf}"]
+    if parts[0] != "layers":
+        return [f"{names[module]}.{leaf}"]
     i, sub = parts[1], ".".join(parts[2:-1])  # layers.{i}.{sub}.{leaf}
-    if sub == "attn.qkv":  # concatenated along the output dimension, in this order
-        return [f"encoder.layer.{i}.attention.self.{x}.{leaf}" for x in ("query", "key", "value")]
-    assert module.startswith("layers."), name
-    return [f"encoder.layer.{i}.{LAYER[sub]}.{leaf}"]
+    hf = names[sub] if isinstance(names[sub], tuple) else (names[sub],)
+    return [f"{names['layers']}.{i}.{x}.{leaf}" for x in hf]
 
 
-def read_tensors(path: Path, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
+def encoder_modules(names: dict) -> tuple[str, ...]:
+    """The top-level Hugging Face names of the encoder's tensors (embeddings., encoder., ...)."""
+    return tuple({v.split(".")[0] + "." for v in names.values() if isinstance(v, str)})
+
+
+def read_tensors(path: Path, allow_pickle: bool = False, family: str = "bert") -> dict[str, torch.Tensor]:
     """All tensors of a checkpoint directory, with Hugging Face's naming variants normalised."""
     single, index, pickle = path / "model.safetensors", path / "model.safetensors.index.json", path / "pytorch_model.bin"
     if single.exists():
@@ -81,9 +99,10 @@ def read_tensors(path: Path, allow_pickle: bool = False) -> dict[str, torch.Tens
     for k, v in raw.items():
         # Old TensorFlow-converted checkpoints call LayerNorm's parameters gamma and beta.
         k = k.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
-        k = k.removeprefix("bert.")
+        prefix, _, pretraining_heads = LAYOUTS[family]
+        k = k.removeprefix(prefix + ".")
         # Pretraining heads and the position_ids buffer are not part of the encoder.
-        if k.startswith("cls.") or k.endswith("position_ids"):
+        if k.startswith(pretraining_heads) or k.endswith("position_ids"):
             continue
         out[k] = v
     return out
@@ -112,15 +131,15 @@ def load_pretrained(cls, path, allow_pickle=False, id2label=None, problem_type=N
         cfg.id2label = {int(k): str(v) for k, v in id2label.items()}
     if problem_type is not None:
         cfg.problem_type = problem_type
-    sd = read_tensors(path, allow_pickle)
+    sd = read_tensors(path, allow_pickle, cfg.model_type)
     if cls is Bert or new_head:  # the encoder alone: whatever head the checkpoint has is left behind
-        sd = {k: v for k, v in sd.items() if k.startswith(ENCODER)}
-    if cls is not Bert and not cls.POOLER:  # e.g. a tagger from a checkpoint that has a pooler, as transformers does
-        sd = {k: v for k, v in sd.items() if not k.startswith("pooler.")}
+        sd = {k: v for k, v in sd.items() if k.startswith(encoder_modules(LAYOUTS[cfg.model_type][1]))}
     model = cls(cfg, pooler="pooler.dense.weight" in sd) if cls is Bert else cls(cfg)
+    if cls is not Bert and not model.POOLER:  # e.g. a tagger from a checkpoint that has a pooler, as transformers does
+        sd = {k: v for k, v in sd.items() if not k.startswith("pooler.")}
     # A base BERT has no head yet, and sentence-embedding checkpoints may lack the pooler:
     # those start from their initialisation, which the constructor already did.
-    may_be_new = ("bert.pooler.", *getattr(cls, "HEAD", ()))
+    may_be_new = ("bert.pooler.", *getattr(model, "HEAD", ()))
     missing, misshaped, known = [], [], set()
     with torch.no_grad():
         for name, param in model.state_dict().items():
@@ -150,20 +169,22 @@ def load_pretrained(cls, path, allow_pickle=False, id2label=None, problem_type=N
 
 
 def hf_tensor_names(model, name: str) -> list[str]:
-    """Hugging Face names (without the 'bert.' prefix) of tensor `name` of a Bert or a task model."""
+    """Hugging Face names (without the encoder's prefix) of tensor `name` of a Bert or a task model."""
     from minift.model import Bert
+    names = LAYOUTS[model.config.model_type][1]
     if isinstance(model, Bert):
-        return hf_names(name)
+        return hf_names(name, names)
     if name.startswith("bert."):
-        return hf_names(name.removeprefix("bert."))
+        return hf_names(name.removeprefix("bert."), names)
     return [name]  # a task head's tensors carry their Hugging Face names already
 
 
 def hf_state_dict(model) -> dict[str, torch.Tensor]:
     """The model's tensors under Hugging Face names, QKV split back into query, key, value."""
+    prefix = LAYOUTS[model.config.model_type][0]  # bert., roberta., distilbert., ...
     out = {}
     for name, t in model.state_dict().items():
-        own = "bert." if name.startswith("bert.") else ""
+        own = f"{prefix}." if name.startswith("bert.") else ""
         srcs = hf_tensor_names(model, name)
         for s, part in zip(srcs, t.detach().chunk(len(srcs))):
             out[own + s] = part.float().contiguous().cpu()
@@ -176,7 +197,8 @@ def save_pretrained(model, path, tokenizer=None):
     from minift.model import Bert
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    arch = "BertModel" if isinstance(model, Bert) else model.ARCHITECTURE
+    family = FAMILIES[model.config.model_type]  # BertForSequenceClassification -> RobertaFor...
+    arch = f"{family}Model" if isinstance(model, Bert) else family + model.ARCHITECTURE.removeprefix("Bert")
     atomic_write(path / "config.json", lambda f: f.write_text(json.dumps(model.config.to_dict(arch), indent=2) + "\n"))
     atomic_write(path / "model.safetensors", lambda f: save_file(hf_state_dict(model), str(f), metadata={"format": "pt"}))
     if tokenizer is not None:

@@ -1,11 +1,17 @@
-"""The BERT encoder (Devlin et al., 2019), from scratch. The task heads on top are in minift/tasks/.
+"""The BERT encoder (Devlin et al., 2019) and its descendants, from scratch. The task heads on top are in
+minift/tasks/.
 
-Shapes: B batch, T tokens, N real (non-padding) tokens of the batch, H hidden, nh heads,
-hd = H // nh head size, I intermediate. Between attentions, activations are [N, H]: padding
-costs nothing there (see Packing).
-Post-LayerNorm residual blocks, absolute position embeddings, exactly as the original
-BERT and Hugging Face's BertModel compute them, so pretrained checkpoints load unchanged
-(minift/checkpoint.py maps the names).
+Shapes: B batch, T tokens, N real (non-padding) tokens of the batch, H hidden, E embedding width,
+nh heads, hd = H // nh head size, I intermediate. Between attentions, activations are [N, H]:
+padding costs nothing there (see Packing).
+BERT: post-LayerNorm residual blocks, absolute position embeddings, exactly as the original BERT
+and Hugging Face's BertModel compute them, so pretrained checkpoints load unchanged (minift/checkpoint.py
+maps the names). The descendants differ in a few places, each switched by a BertConfig property:
+  RoBERTa, XLM-R, CamemBERT  positions count real tokens from pad_token_id + 1 (Bert.forward)
+  DistilBERT                 no token types (Embeddings)
+  ELECTRA                    embeddings of width E < H, projected up (Embeddings)
+  ModernBERT                 pre-LayerNorm without biases, rotary positions, GeGLU, sliding-window
+                             attention on some layers, a final LayerNorm (Layer, Bert.forward)
 """
 import torch
 import torch.nn as nn
@@ -40,7 +46,8 @@ class Dropout(nn.Dropout):
 
 def attention(q, k, v, mask, p_drop: float):
     """softmax(q k^T / sqrt(hd) + mask) v with dropout on the probabilities.
-    q [B, nh, Tq, hd]; k, v [B, nh, T, hd]; mask [B, 1, 1, T] bool (True = attend) or None -> [B, nh, Tq, hd].
+    q [B, nh, Tq, hd]; k, v [B, nh, T, hd]; mask [B or 1, 1, 1 or Tq, T] bool (True = attend) or None
+    -> [B, nh, Tq, hd].
 
     GPUs take SDPA's fused kernels. On CPU the same formula written out is faster for BERT's
     short sequences: SDPA's fused CPU kernel has no dropout, and its fallback does more passes
@@ -52,7 +59,8 @@ def attention(q, k, v, mask, p_drop: float):
     if mask is None:
         s = (q * hd ** -0.5) @ k.transpose(-2, -1)  # [B, nh, Tq, T]
     else:  # scale, matmul and the additive mask (padded keys get the most negative number) in one baddbmm
-        bias = torch.zeros(B, nh, 1, T, dtype=q.dtype).masked_fill(~mask, torch.finfo(q.dtype).min).view(B * nh, 1, T)
+        bias = torch.zeros(mask.shape, dtype=q.dtype).masked_fill(~mask, torch.finfo(q.dtype).min)
+        bias = bias.expand(B, nh, -1, T).reshape(B * nh, -1, T)  # a view when the mask is per key only
         s = torch.baddbmm(bias, q.reshape(B * nh, Tq, hd), k.reshape(B * nh, T, hd).transpose(1, 2),
                           alpha=hd ** -0.5).view(B, nh, Tq, T)
     # Softmax in fp32 even when s is bf16: more exact, at about the bf16 kernel's speed on CPU
@@ -98,16 +106,38 @@ class Packing:
 class Embeddings(nn.Module):
     def __init__(self, cfg: BertConfig):
         super().__init__()
+        E = cfg.embedding_size or cfg.hidden_size
         # padding_idx keeps the [PAD] row's gradient at zero, as Hugging Face's BERT does.
-        self.word = nn.Embedding(cfg.vocab_size, cfg.hidden_size, padding_idx=cfg.pad_token_id)
-        self.position = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
-        self.token_type = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size)
-        self.ln = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.word = nn.Embedding(cfg.vocab_size, E, padding_idx=cfg.pad_token_id)
+        self.position = None if cfg.pre_norm else nn.Embedding(cfg.max_position_embeddings, E)  # rotary instead
+        self.token_type = nn.Embedding(cfg.type_vocab_size, E) if cfg.type_vocab_size else None
+        self.ln = nn.LayerNorm(E, eps=cfg.layer_norm_eps, bias=cfg.bias)
         self.drop = Dropout(cfg.hidden_dropout_prob)
+        self.project = nn.Linear(E, cfg.hidden_size) if E != cfg.hidden_size else None
 
     def forward(self, input_ids, token_type_ids, positions):  # [N] each -> [N, H]
-        x = self.word(input_ids) + self.token_type(token_type_ids) + self.position(positions)
-        return self.drop(self.ln(x))
+        x = self.word(input_ids)  # [N, E]
+        if self.token_type is not None:
+            x = x + self.token_type(token_type_ids)
+        if self.position is not None:
+            x = x + self.position(positions)
+        x = self.drop(self.ln(x))
+        return x if self.project is None else self.project(x)
+
+
+def rotary(cfg: BertConfig, theta: float, positions):
+    """cos and sin [N, hd] of the rotation angles position * theta^(-2i/hd), each frequency used twice
+    (the rotate-half layout of RoFormer and ModernBERT); fp32."""
+    hd = cfg.hidden_size // cfg.num_attention_heads
+    inv_freq = 1.0 / (theta ** (torch.arange(0, hd, 2, dtype=torch.float, device=positions.device) / hd))
+    angles = positions[:, None].float() * inv_freq  # [N, hd/2]
+    angles = torch.cat([angles, angles], dim=-1)
+    return angles.cos(), angles.sin()
+
+
+def rotate(x, cos, sin):  # x [N, nh, hd] rotated by the angles of its token, in fp32 -> x's dtype
+    x1, x2 = x.float().chunk(2, dim=-1)
+    return (x.float() * cos[:, None] + torch.cat([-x2, x1], dim=-1) * sin[:, None]).to(x.dtype)
 
 
 class SelfAttention(nn.Module):
@@ -115,36 +145,54 @@ class SelfAttention(nn.Module):
         super().__init__()
         self.nh = cfg.num_attention_heads
         # One [3H, H] projection instead of three: one matmul reads x once.
-        self.qkv = nn.Linear(cfg.hidden_size, 3 * cfg.hidden_size)
-        self.proj = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.qkv = nn.Linear(cfg.hidden_size, 3 * cfg.hidden_size, bias=cfg.bias)
+        self.proj = nn.Linear(cfg.hidden_size, cfg.hidden_size, bias=cfg.bias)
         self.p_drop = cfg.attention_probs_dropout_prob
 
-    def forward(self, x, pack, cls=None):  # x [N, H] real tokens; pack: Packing -> [N, H], or [B, H] given cls
+    def forward(self, x, pack, mask, rope=None, cls=None):
+        """x [N, H] real tokens; pack: Packing; mask [B, 1, 1 or T, T] (True = attend) or None; rope: (cos, sin)
+        [N, hd] to rotate queries and keys by. -> [N, H], or [B, H] given cls (the rows of the [CLS] tokens)."""
         B, T, H = pack.B, pack.T, x.size(1)
         qkv = self.qkv(x)  # [N, 3H]
+        if rope is not None:  # rotated where they are packed: each real token once
+            q, k, v = qkv.view(-1, 3, self.nh, H // self.nh).unbind(1)  # [N, nh, hd] each
+            qkv = torch.cat([rotate(q, *rope), rotate(k, *rope), v], dim=1).view(-1, 3 * H)
         q, k, v = pack.pad(qkv).view(B, T, 3, self.nh, H // self.nh).permute(2, 0, 3, 1, 4)  # 3 x [B, nh, T, hd]
-        if cls is not None:  # one query per sequence, its [CLS] token: [B, nh, 1, hd]
+        if cls is not None:  # one query per sequence, its [CLS] token (at position 0): [B, nh, 1, hd]
             q = qkv[cls, :H].view(B, 1, self.nh, H // self.nh).transpose(1, 2)
-        y = attention(q, k, v, pack.mask, self.p_drop if self.training else 0.0)  # [B, nh, T or 1, hd]
+            mask = mask if mask is None else mask[:, :, :1]
+        y = attention(q, k, v, mask, self.p_drop if self.training else 0.0)  # [B, nh, T or 1, hd]
         y = y.transpose(1, 2).reshape(B, -1, H)  # [B, T or 1, H]
         return self.proj(pack.unpad(y) if cls is None else y.view(B, H))
 
 
 class Layer(nn.Module):
-    def __init__(self, cfg: BertConfig):
+    def __init__(self, cfg: BertConfig, first: bool = False):
         super().__init__()
+        H, I, bias = cfg.hidden_size, cfg.intermediate_size, cfg.bias
+        self.pre_norm = cfg.pre_norm
         self.attn = SelfAttention(cfg)
-        self.ln1 = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
-        self.fc = nn.Linear(cfg.hidden_size, cfg.intermediate_size)
-        self.proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size)
-        self.ln2 = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        # Pre-LN: the embeddings' LayerNorm is the first layer's input norm already.
+        self.ln1 = None if self.pre_norm and first else nn.LayerNorm(H, eps=cfg.layer_norm_eps, bias=bias)
+        self.fc = nn.Linear(H, 2 * I if self.pre_norm else I, bias=bias)  # pre-LN families use GeGLU: value, gate
+        self.proj = nn.Linear(I, H, bias=bias)
+        self.ln2 = nn.LayerNorm(H, eps=cfg.layer_norm_eps, bias=bias)
         self.act = ACT[cfg.hidden_act]
         self.drop = Dropout(cfg.hidden_dropout_prob)
 
-    def forward(self, x, pack, cls=None):  # [N, H] -> [N, H], or [B, H]: the [CLS] rows only, given cls
-        a = self.attn(x, pack, cls)
-        x = self.ln1((x if cls is None else x[cls]) + self.drop(a))  # post-LN: normalise after the residual add
-        return self.ln2(x + self.drop(self.proj(self.act(self.fc(x)))))  # H -> I -> H
+    def mlp(self, x):  # [.., H] -> [.., I] -> [.., H]
+        if not self.pre_norm:
+            return self.proj(self.act(self.fc(x)))
+        value, gate = self.fc(x).chunk(2, dim=-1)
+        return self.proj(self.act(value) * gate)
+
+    def forward(self, x, pack, mask, rope=None, cls=None):  # [N, H] -> [N, H], or [B, H]: the [CLS] rows only, given cls
+        if not self.pre_norm:  # post-LN: normalise after the residual add
+            x = self.ln1((x if cls is None else x[cls]) + self.drop(self.attn(x, pack, mask, rope, cls)))
+            return self.ln2(x + self.drop(self.mlp(x)))
+        a = self.attn(x if self.ln1 is None else self.ln1(x), pack, mask, rope, cls)
+        x = (x if cls is None else x[cls]) + self.drop(a)
+        return x + self.drop(self.mlp(self.ln2(x)))
 
 
 def init_weights(module: nn.Module, std: float):
@@ -158,7 +206,8 @@ def init_weights(module: nn.Module, std: float):
             nn.init.zeros_(m.bias)
         if isinstance(m, nn.LayerNorm):
             nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
 
 
 class Bert(nn.Module):
@@ -166,9 +215,16 @@ class Bert(nn.Module):
         super().__init__()
         self.config = config
         self.embeddings = Embeddings(config)
-        self.layers = nn.ModuleList(Layer(config) for _ in range(config.num_hidden_layers))
+        self.layers = nn.ModuleList(Layer(config, first=i == 0) for i in range(config.num_hidden_layers))
+        self.final_ln = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps, bias=config.bias) \
+            if config.pre_norm else None
         self.pooler = nn.Linear(config.hidden_size, config.hidden_size) if pooler else None
         init_weights(self, config.initializer_range)
+        if config.sinusoidal_pos_embds:  # DistilBERT's fixed table: sin at even features, cos at odd ones
+            pos = torch.arange(config.max_position_embeddings, dtype=torch.float64)[:, None]
+            j = torch.arange(config.hidden_size)
+            angle = pos / 10000 ** (2 * (j // 2) / config.hidden_size)
+            self.embeddings.position.weight.data.copy_(torch.where(j % 2 == 0, angle.sin(), angle.cos()))
 
     def encode(self, input_ids, attention_mask=None, token_type_ids=None, cls_only: bool = False):
         """input_ids, attention_mask (1 = real token, 0 = padding), token_type_ids: [B, T].
@@ -176,14 +232,29 @@ class Bert(nn.Module):
         that says where they sit in [B, T]. With cls_only, x is [B, H], the [CLS] rows alone: a head that
         reads nothing else lets the last layer compute only those rows past its keys and values."""
         B, T = input_ids.shape
+        cfg = self.config
         pack = Packing(input_ids, attention_mask)
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         positions = torch.arange(T, device=input_ids.device).expand(B, T)
-        x = self.embeddings(*(pack.unpad(t) for t in (input_ids, token_type_ids, positions)))  # [N, H]
-        for i, layer in enumerate(self.layers):
+        if cfg.position_offset is not None:  # RoBERTa's: real tokens counted from pad_token_id + 1
+            real = torch.ones_like(input_ids) if attention_mask is None else attention_mask.long()
+            positions = real.cumsum(1) - 1 + cfg.position_offset
+        ids, types, positions = (pack.unpad(t) for t in (input_ids, token_type_ids, positions))  # [N] each
+        x = self.embeddings(ids, types, positions)  # [N, H]
+        masks, ropes = {False: pack.mask}, {False: None}  # by "is the layer local"
+        if cfg.pre_norm:
+            ropes = {False: rotary(cfg, cfg.rope_theta, positions), True: rotary(cfg, cfg.local_rope_theta, positions)}
+            if any(cfg.sliding):  # tokens at most local_attention // 2 apart, in the padded layout
+                i = torch.arange(T, device=input_ids.device)
+                band = ((i[:, None] - i[None, :]).abs() <= cfg.local_attention // 2)[None, None]  # [1, 1, T, T]
+                masks[True] = band if pack.mask is None else pack.mask & band  # [B or 1, 1, T, T]
+        for i, (layer, local) in enumerate(zip(self.layers, cfg.sliding)):
             last = cls_only and i == len(self.layers) - 1
-            x = layer(x, pack, pack.first if last else None)  # [N, H]; [B, H] after the last given cls_only
+            # [N, H]; [B, H] after the last given cls_only
+            x = layer(x, pack, masks[local], ropes[local], pack.first if last else None)
+        if self.final_ln is not None:
+            x = self.final_ln(x)
         return x, pack
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, pooled_only: bool = False):

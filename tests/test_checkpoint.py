@@ -450,7 +450,7 @@ def test_invalid_config_json(text, expect, tiny_dir, tmp_path):
 
 
 @pytest.mark.parametrize("key,value", [("position_embedding_type", "relative_key"), ("hidden_act", "tanh"),
-                                       ("model_type", "roberta"), ("is_decoder", True)])
+                                       ("model_type", "deberta-v2"), ("is_decoder", True)])
 def test_unsupported_config_names_key_and_value(key, value, tiny_dir, tmp_path):
     d = copy_tiny(tiny_dir, tmp_path / "c")
     edit_config(d, **{key: value})

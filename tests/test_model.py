@@ -80,8 +80,8 @@ def test_unsupported_config_values_are_named():
         BertConfig(position_embedding_type="relative_key")
     with pytest.raises(MiniftError, match="hidden_act='tanh'"):
         BertConfig(hidden_act="tanh")
-    with pytest.raises(MiniftError, match="model_type='roberta'"):
-        BertConfig.from_dict({"model_type": "roberta"})
+    with pytest.raises(MiniftError, match="model_type='deberta-v2'"):
+        BertConfig.from_dict({"model_type": "deberta-v2"})
 
 
 def test_losses_follow_problem_type(tiny_dir):

@@ -1,0 +1,154 @@
+"""The BERT family's encoders against transformers' AutoModel, on fresh random tiny configs.
+
+Each case builds a random checkpoint with transformers (weights perturbed so that outputs differ
+between tokens), loads it into minift, and compares in fp32: the last hidden states at real tokens
+within 1e-5 relative (to the largest magnitude of the reference), every parameter's gradient of the
+same scalar loss within 1e-4 relative; then saves it back and checks that transformers loads minift's
+directory to the same outputs. Batches have padded rows (and a row of one real token).
+"""
+import json
+
+import pytest
+import torch
+
+from minift import Bert, BertConfig, MiniftError
+from minift.checkpoint import LAYOUTS, hf_names
+
+transformers = pytest.importorskip("transformers")
+
+# (model_type, transformers config kwargs); odd head counts, ELECTRA's narrow embeddings, ModernBERT's
+# local windows shorter (4 < T) and longer (64 > T) than the sequences, with and without biases.
+CASES = [
+    ("roberta", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
+                     type_vocab_size=1, pad_token_id=1)),
+    ("xlm-roberta", dict(hidden_size=36, num_hidden_layers=3, num_attention_heads=3, intermediate_size=50,
+                         hidden_act="gelu_new", type_vocab_size=1, pad_token_id=1)),
+    ("camembert", dict(hidden_size=40, num_hidden_layers=2, num_attention_heads=5, intermediate_size=81,
+                       hidden_act="relu", type_vocab_size=2, pad_token_id=3)),
+    ("distilbert", dict(dim=32, n_layers=2, n_heads=2, hidden_dim=37)),
+    ("distilbert", dict(dim=45, n_layers=3, n_heads=5, hidden_dim=70, activation="relu")),
+    ("distilbert", dict(dim=36, n_layers=1, n_heads=3, hidden_dim=50, sinusoidal_pos_embds=True, pad_token_id=2)),
+    ("electra", dict(embedding_size=16, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=37)),
+    ("electra", dict(embedding_size=24, hidden_size=36, num_hidden_layers=3, num_attention_heads=3,
+                     intermediate_size=50, hidden_act="gelu_new", type_vocab_size=3)),
+    ("electra", dict(embedding_size=40, hidden_size=40, num_hidden_layers=2, num_attention_heads=5,
+                     intermediate_size=81)),
+    ("modernbert", dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=37,
+                        global_attn_every_n_layers=2, local_attention=4, pad_token_id=0)),
+    ("modernbert", dict(hidden_size=36, num_hidden_layers=4, num_attention_heads=3, intermediate_size=50,
+                        global_attn_every_n_layers=3, local_attention=64, pad_token_id=0, global_rope_theta=1000.0,
+                        local_rope_theta=50.0)),
+    ("modernbert", dict(hidden_size=40, num_hidden_layers=2, num_attention_heads=5, intermediate_size=81,
+                        global_attn_every_n_layers=2, local_attention=6, pad_token_id=0, norm_bias=True,
+                        attention_bias=True, mlp_bias=True, classifier_bias=True, hidden_activation="gelu_new")),
+]
+IDS = [f"{family}-{i}" for i, (family, _) in enumerate(CASES)]
+V, T = 97, 17
+
+
+def hf_model(family, kw, seed):
+    torch.manual_seed(seed)
+    cfg = transformers.AutoConfig.for_model(family, vocab_size=V, max_position_embeddings=40, **kw)
+    model = transformers.AutoModel.from_config(cfg, attn_implementation="sdpa").eval()
+    with torch.no_grad():  # real-looking weights: the 0.02 init makes every output nearly the same
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    return model
+
+
+def batch(pad, seed):
+    """Ids that are never the padding id, and three padded rows (one with a single real token)."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, V - 1, (4, T), generator=g)
+    ids += (ids >= pad).long()  # skip pad
+    mask = torch.ones_like(ids)
+    mask[1, T // 2:] = mask[2, 3:] = mask[3, 1:] = 0
+    return ids.masked_fill(mask == 0, pad), mask
+
+
+def rel(a, b):
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1.0)).item()
+
+
+def hf_grad(hf, names):  # the gradient of a minift tensor: its Hugging Face parts stacked
+    params = dict(hf.named_parameters())
+    return torch.cat([params[n].grad for n in names])
+
+
+@pytest.mark.parametrize("family,kw", CASES, ids=IDS)
+def test_hidden_states_and_gradients_match_transformers(family, kw, tmp_path):
+    hf = hf_model(family, kw, seed=len(IDS[0]) + sum(map(ord, str(kw))))
+    hf.save_pretrained(tmp_path / "hf")
+    ours = Bert.from_pretrained(tmp_path / "hf").eval()
+    assert ours.config.model_type == family
+    pad = ours.config.pad_token_id
+    ids, mask = batch(pad, seed=sum(map(ord, family)))
+    m = mask.bool()
+    w = torch.randn(T, ours.config.hidden_size, generator=torch.Generator().manual_seed(0))  # a scalar loss to derive
+    ref = hf(input_ids=ids, attention_mask=mask).last_hidden_state
+    h, _ = ours(ids, mask)
+    assert rel(h[m], ref[m]) <= 1e-5
+    (ref * w * mask[..., None]).sum().backward()
+    (h * w * mask[..., None]).sum().backward()
+    names = LAYOUTS[family][1]
+    for name, p in ours.named_parameters():
+        if name.startswith("pooler."):  # the hidden states do not depend on it
+            continue
+        assert rel(p.grad, hf_grad(hf, hf_names(name, names))) <= 1e-4, name
+
+    # and back: transformers loads minift's directory to the same function
+    ours.save_pretrained(tmp_path / "ours")
+    config = json.loads((tmp_path / "ours" / "config.json").read_text())
+    assert config["model_type"] == family and config["architectures"][0].endswith("Model")
+    back = transformers.AutoModel.from_pretrained(tmp_path / "ours", attn_implementation="sdpa").eval()
+    assert type(back) is type(hf)
+    with torch.no_grad():
+        assert rel(back(input_ids=ids, attention_mask=mask).last_hidden_state[m], ref[m]) <= 1e-6
+    assert torch.equal(Bert.from_pretrained(tmp_path / "ours").embeddings.word.weight, ours.embeddings.word.weight)
+
+
+@pytest.mark.parametrize("family,kw", [CASES[0], CASES[4], CASES[7], CASES[9]], ids=["roberta", "distilbert",
+                                                                                     "electra", "modernbert"])
+def test_padding_and_the_first_token_path_change_nothing(family, kw, tmp_path):
+    """Each row alone (no padding) gives the hidden states it gets in a padded batch, and the last layer's
+    first-token-only path (pooled_only, through a pooler) gives the pooled vector of the full path."""
+    hf_model(family, kw, seed=3).save_pretrained(tmp_path)
+    cfg = BertConfig.from_json(tmp_path)
+    ours = Bert(cfg, pooler=True)
+    ours.load_state_dict(Bert.from_pretrained(tmp_path).state_dict(), strict=False)
+    ours.eval()
+    ids, mask = batch(cfg.pad_token_id, seed=5)
+    with torch.no_grad():
+        h, pooled = ours(ids, mask)
+        assert rel(ours(ids, mask, pooled_only=True), pooled) <= 1e-5
+        for i, n in enumerate(mask.sum(1).tolist()):
+            h1, p1 = ours(ids[i:i + 1, :n])
+            assert rel(h[i, :n], h1[0]) <= 1e-5 and rel(pooled[i], p1[0]) <= 1e-5
+
+
+def test_config_names_of_each_family_are_translated():
+    d = BertConfig.from_dict({"model_type": "distilbert", "dim": 48, "n_heads": 3, "n_layers": 2, "hidden_dim": 99,
+                              "activation": "relu", "dropout": 0.2, "attention_dropout": 0.3})
+    assert (d.hidden_size, d.num_attention_heads, d.num_hidden_layers, d.intermediate_size, d.hidden_act,
+            d.hidden_dropout_prob, d.attention_probs_dropout_prob, d.type_vocab_size) == (48, 3, 2, 99, "relu", .2, .3, 0)
+    assert "dim" in d.to_dict() and "hidden_size" not in d.to_dict() and "type_vocab_size" not in d.to_dict()
+    # ModernBERT's older config.json style: thetas and the global-layer period as plain keys
+    m = BertConfig.from_dict({"model_type": "modernbert", "num_hidden_layers": 4, "global_attn_every_n_layers": 2,
+                              "global_rope_theta": 5.0, "local_rope_theta": 7.0})
+    assert m.sliding == [False, True, False, True] and (m.rope_theta, m.local_rope_theta) == (5.0, 7.0)
+    assert m.to_dict()["rope_parameters"]["sliding_attention"]["rope_theta"] == 7.0
+    assert BertConfig.from_dict({"model_type": "roberta"}).position_offset == 2  # after pad_token_id 1
+
+
+@pytest.mark.parametrize("d,expect", [
+    ({"model_type": "deberta-v2"}, "model_type='deberta-v2'"),
+    ({"model_type": "modernbert", "norm_bias": True}, "norm_bias"),
+    ({"model_type": "modernbert", "rope_parameters": {"full_attention": {"rope_type": "yarn"}}}, "rope_type='yarn'"),
+    ({"model_type": "modernbert", "classifier_pooling": "max"}, "classifier_pooling='max'"),
+    ({"model_type": "modernbert", "embedding_dropout": 0.1}, "embedding_dropout"),
+    ({"model_type": "distilbert", "activation": "tanh"}, "hidden_act='tanh'"),
+])
+def test_unsupported_family_options_are_named(d, expect):
+    with pytest.raises(MiniftError, match=expect.replace("(", r"\(").replace("[", r"\[")):
+        BertConfig.from_dict(d)
