@@ -1,4 +1,11 @@
-"""BERT WordPiece tokenizer on the `tokenizers` package, giving the same ids as transformers' BertTokenizerFast."""
+"""The BERT family's tokenizers on the `tokenizers` package, giving the ids of transformers' fast tokenizers.
+
+WordPiece (BERT, DistilBERT, ELECTRA), byte-level BPE (RoBERTa, ModernBERT) and SentencePiece Unigram
+(XLM-R, CamemBERT), read from tokenizer.json, or from vocab.txt (WordPiece) or vocab.json + merges.txt
+(RoBERTa's BPE) where there is none. The special tokens a family adds around one text or a pair
+([CLS] A [SEP] B [SEP], <s> A </s></s> B </s>) and its token type ids are read off the tokenizer's own
+post-processor once (Template), and encode applies them after truncating.
+"""
 
 import json
 from pathlib import Path
@@ -6,11 +13,14 @@ from pathlib import Path
 import tokenizers
 import torch
 from tokenizers import decoders, normalizers, pre_tokenizers, processors
-from tokenizers.models import WordPiece
+from tokenizers.models import BPE, WordPiece
 
 from minift.errors import MiniftError
 
-SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # BERT's; WordPiece vocabularies must have them
+# The roles of special tokens -> their defaults in BERT's and in RoBERTa's (and every SentencePiece family's) vocabularies
+BERT_SPECIALS = dict(zip(("pad", "unk", "cls", "sep", "mask"), SPECIAL_TOKENS))
+ROBERTA_SPECIALS = {"pad": "<pad>", "unk": "<unk>", "cls": "<s>", "sep": "</s>", "mask": "<mask>"}
 
 
 def _read_json(path):
@@ -26,6 +36,31 @@ def _check_list(name, value):
         raise TypeError(f"{name} must be a list of strings, got {type(value).__name__}")
 
 
+def _specials(config: dict, tok) -> dict[str, str]:
+    """Role -> special token: tokenizer_config.json's names where it gives them, else the vocabulary's defaults."""
+    names = dict(BERT_SPECIALS if tok.token_to_id("[CLS]") is not None else ROBERTA_SPECIALS)
+    for role in names:
+        v = config.get(f"{role}_token")
+        v = v.get("content") if isinstance(v, dict) else v  # older files store AddedToken objects
+        names[role] = v if isinstance(v, str) else names[role]
+    return names
+
+
+def _template(tok, pair: bool, source) -> list:
+    """The post-processor's layout as a list of (piece, type id): "A" or "B" for a text's tokens, an int for a
+    special token, e.g. RoBERTa's pair [(0, 0), ("A", 0), (2, 0), (2, 0), ("B", 0), (2, 0)]."""
+    if not tok.encode("a", add_special_tokens=False).ids:
+        raise MiniftError(f"{source}: the tokenizer turns 'a' into no token at all; cannot read its special-token layout")
+    # (encode, not post_process: this tokenizers' post_process loses the first text's sequence ids of a pair)
+    enc = tok.encode("a", "a" if pair else None, add_special_tokens=True)
+    out = []
+    for i, seq, t in zip(enc.ids, enc.sequence_ids, enc.type_ids):
+        piece = i if seq is None else "AB"[seq]
+        if not (isinstance(piece, str) and out and out[-1][0] == piece):
+            out.append((piece, t))
+    return out
+
+
 def _longest_first(a, b, budget):
     """Truncate a pair to budget tokens exactly as the `tokenizers` "longest_first" strategy does
     (which BertTokenizerFast(truncation=True) uses): the shorter side is kept whole if it fits in
@@ -38,20 +73,75 @@ def _longest_first(a, b, budget):
     return (a[:keep_long], b[:keep_short]) if len(a) > len(b) else (a[:keep_short], b[:keep_long])
 
 
+def _bert_wordpiece(tok, config: dict, source):
+    """BertTokenizerFast's settings on a WordPiece tokenizer, in place."""
+    missing = [t for t in SPECIAL_TOKENS if tok.token_to_id(t) is None]
+    if missing:
+        raise MiniftError(f"{source}: expected a BERT vocabulary with {', '.join(missing)} in it")
+    # encode adds [CLS]/[SEP] itself, but a saved tokenizer.json should carry the template like any other
+    if tok.post_processor is None:
+        tok.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]",
+            pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+            special_tokens=[(t, tok.token_to_id(t)) for t in ("[CLS]", "[SEP]")],
+        )
+    # BertTokenizerFast rebuilds these from tokenizer_config.json (with BERT's defaults for missing keys),
+    # overriding tokenizer.json; a bare tokenizer.json keeps its own settings, as AutoTokenizer does.
+    if config or not isinstance(tok.normalizer, normalizers.BertNormalizer):
+        tok.normalizer = normalizers.BertNormalizer(
+            clean_text=True,
+            handle_chinese_chars=config.get("tokenize_chinese_chars", True),
+            strip_accents=config.get("strip_accents"),
+            lowercase=config.get("do_lower_case", True),
+        )
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece(prefix="##")
+    # So that "[MASK]" typed in a text is the mask token, not "[", "mask", "]".
+    tok.add_special_tokens(SPECIAL_TOKENS)
+
+
+def _roberta_bpe(vocab, merges, config: dict):
+    """RoBERTa's byte-level BPE from vocab.json + merges.txt, as transformers' RobertaTokenizer builds it."""
+    try:
+        tok = tokenizers.Tokenizer(BPE.from_file(str(vocab), str(merges)))
+    except Exception as e:
+        raise MiniftError(f"{vocab}, {merges}: expected a byte-level BPE vocabulary and merges ({e})") from None
+    prefix_space = config.get("add_prefix_space", False)
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=prefix_space)
+    tok.decoder = decoders.ByteLevel()
+    names = _specials(config, tok)
+    missing = [names[r] for r in ("cls", "sep", "pad") if tok.token_to_id(names[r]) is None]
+    if missing:
+        raise MiniftError(f"{vocab}: expected a RoBERTa vocabulary with {', '.join(missing)} in it")
+    tok.post_processor = processors.RobertaProcessing((names["sep"], tok.token_to_id(names["sep"])),
+                                                      (names["cls"], tok.token_to_id(names["cls"])),
+                                                      trim_offsets=config.get("trim_offsets", True),
+                                                      add_prefix_space=prefix_space)
+    tok.add_special_tokens([t for t in names.values() if tok.token_to_id(t) is not None])
+    return tok
+
+
 class Tokenizer:
     """Training tokenises a dataset once with encode, then pads each batch with Tokenizer.pad."""
 
-    def __init__(self, tok, model_max_length=512):
+    def __init__(self, tok, model_max_length=512, config=None, source="tokenizer"):
         self._tok = tok
         self.model_max_length = model_max_length
-        self.pad_id, self.cls_id, self.sep_id = (tok.token_to_id(t) for t in ("[PAD]", "[CLS]", "[SEP]"))
+        self._config = config or {}  # tokenizer_config.json as read, written back by save
+        self.specials = _specials(self._config, tok)
+        missing = [t for t in (self.specials["pad"], self.specials["cls"]) if tok.token_to_id(t) is None]
+        if missing:
+            raise MiniftError(f"{source}: the special tokens {', '.join(missing)} are not in the vocabulary")
+        self.pad_id, self.cls_id, self.sep_id, self.mask_id = (tok.token_to_id(self.specials[r])
+                                                               for r in ("pad", "cls", "sep", "mask"))
         self.vocab_size = tok.get_vocab_size()
+        self.single, self.pair = _template(tok, False, source), _template(tok, True, source)
 
     @classmethod
     def from_dir(cls, path):
         path = Path(path)
-        names = ("tokenizer.json", "vocab.txt", "tokenizer_config.json")
-        json_file, vocab_file, config_file = (path / n for n in names)
+        names = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "vocab.json", "merges.txt")
+        json_file, vocab_file, config_file, bpe_vocab, bpe_merges = (path / n for n in names)
         if not path.is_dir():
             raise MiniftError(f"{path}: tokenizer directory not found (expected tokenizer.json or vocab.txt in it)")
         config = _read_json(config_file) if config_file.is_file() else {}
@@ -60,69 +150,84 @@ class Tokenizer:
                 tok = tokenizers.Tokenizer.from_file(str(json_file))
             except Exception as e:
                 raise MiniftError(f"{json_file}: expected a `tokenizers` JSON file ({e})") from None
-            if not isinstance(tok.model, WordPiece):
-                raise MiniftError(f"{json_file}: expected a WordPiece (BERT) tokenizer, got {type(tok.model).__name__}")
             # A checkpoint's own settings (MiniLM's pad and truncate everything to 128) would override encode's.
             tok.no_truncation()
             tok.no_padding()
+            source = json_file
         elif vocab_file.is_file():
-            tok = tokenizers.Tokenizer(WordPiece.from_file(str(vocab_file), unk_token="[UNK]"))
+            tok, source = tokenizers.Tokenizer(WordPiece.from_file(str(vocab_file), unk_token="[UNK]")), vocab_file
+        elif bpe_vocab.is_file() and bpe_merges.is_file():
+            tok, source = _roberta_bpe(bpe_vocab, bpe_merges, config), bpe_vocab
         else:
-            raise MiniftError(f"{path}: no tokenizer found (looked for tokenizer.json, then vocab.txt)")
-        missing = [t for t in SPECIAL_TOKENS if tok.token_to_id(t) is None]
-        if missing:
-            source = json_file if json_file.is_file() else vocab_file
-            raise MiniftError(f"{source}: expected a BERT vocabulary with {', '.join(missing)} in it")
-        # encode adds [CLS]/[SEP] itself, but a saved tokenizer.json should carry the template like any other
-        if tok.post_processor is None:
-            tok.post_processor = processors.TemplateProcessing(
-                single="[CLS] $A [SEP]",
-                pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-                special_tokens=[(t, tok.token_to_id(t)) for t in ("[CLS]", "[SEP]")],
-            )
-        # BertTokenizerFast rebuilds these from tokenizer_config.json (with BERT's defaults for missing keys),
-        # overriding tokenizer.json; a bare tokenizer.json keeps its own settings, as AutoTokenizer does.
-        if config or not isinstance(tok.normalizer, normalizers.BertNormalizer):
-            tok.normalizer = normalizers.BertNormalizer(
-                clean_text=True,
-                handle_chinese_chars=config.get("tokenize_chinese_chars", True),
-                strip_accents=config.get("strip_accents"),
-                lowercase=config.get("do_lower_case", True),
-            )
-        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-        tok.decoder = decoders.WordPiece(prefix="##")
-        # So that "[MASK]" typed in a text is the mask token, not "[", "mask", "]".
-        tok.add_special_tokens(SPECIAL_TOKENS)
-        return cls(tok, config.get("model_max_length", 512))
+            raise MiniftError(f"{path}: no tokenizer found (looked for tokenizer.json, then vocab.txt, then "
+                              "vocab.json + merges.txt; a SentencePiece .model alone must be converted to "
+                              "tokenizer.json first, e.g. by saving it with transformers' tokenizer once)")
+        if isinstance(tok.model, WordPiece):
+            _bert_wordpiece(tok, config, source)
+        return cls(tok, config.get("model_max_length", 512), config, source)
 
     from_pretrained = from_dir  # the name a transformers user reaches for, as Bert.from_pretrained
 
-    def encode(self, texts, pairs=None, max_length=512):
-        """(input_ids, token_type_ids), a list per text: unpadded, at most max_length long with [CLS]/[SEP]."""
+    def _check(self, texts, pairs, max_length) -> tuple[int, int]:
+        """The numbers of text tokens max_length leaves beside the special tokens of one text and of a pair."""
         _check_list("texts", texts)
         if pairs is not None:
             _check_list("pairs", pairs)
             if len(pairs) != len(texts):
                 raise ValueError(f"got {len(texts)} texts but {len(pairs)} pairs")
-        if max_length < (2 if pairs is None else 3):
-            raise ValueError(f"max_length {max_length} leaves no room for the [CLS]/[SEP] tokens")
+        room, pair_room = (max_length - sum(isinstance(piece, int) for piece, _ in t) for t in (self.single, self.pair))
+        specials = max_length - (room if pairs is None else pair_room)
+        if max_length < specials:
+            raise ValueError(f"max_length {max_length} leaves no room for the {specials} special tokens")
+        return room, pair_room
+
+    def _fill(self, a, b=None):  # text tokens -> (ids, token type ids) with the special tokens around them
+        ids, types = [], []
+        for piece, t in self.single if b is None else self.pair:
+            part = a if piece == "A" else b if piece == "B" else [piece]
+            ids += part
+            types += [t] * len(part)
+        return ids, types
+
+    def encode(self, texts, pairs=None, max_length=512):
+        """(input_ids, token_type_ids), a list per text: unpadded, at most max_length long with the special tokens."""
+        room, pair_room = self._check(texts, pairs, max_length)
         # Truncation is done here, not by `tokenizers`: that one also builds every overflow window and, for
         # pairs, every combination of both sides' windows, which takes seconds for one long pair.
-        cls, sep = [self.cls_id], [self.sep_id]
         firsts = [e.ids for e in self._tok.encode_batch_fast(texts, add_special_tokens=False)]
         if pairs is None:
-            ids = [cls + a[: max_length - 2] + sep for a in firsts]
-            return ids, [[0] * len(i) for i in ids]
-        ids, types = [], []
-        for e, a, pair in zip(self._tok.encode_batch_fast(pairs, add_special_tokens=False), firsts, pairs):
-            if not pair:  # an empty second text makes a single text, as in transformers (its `if text_pair`)
-                ids.append(cls + a[: max_length - 2] + sep)
-                types.append([0] * len(ids[-1]))
-                continue
-            a, b = _longest_first(a, e.ids, max_length - 3)
-            ids.append(cls + a + sep + b + sep)
-            types.append([0] * (len(a) + 2) + [1] * (len(b) + 1))
-        return ids, types
+            out = [self._fill(a[:room]) for a in firsts]
+        else:
+            seconds = [e.ids for e in self._tok.encode_batch_fast(pairs, add_special_tokens=False)]
+            # an empty second text makes a single text, as in transformers (its `if text_pair`)
+            out = [self._fill(*_longest_first(a, b, pair_room)) if pair else self._fill(a[:room])
+                   for a, b, pair in zip(firsts, seconds, pairs)]
+        return [ids for ids, _ in out], [types for _, types in out]
+
+    def encode_aligned(self, texts, pairs=None, max_length=512) -> list[dict]:
+        """encode, with what tagging and question answering need to map tokens back to the text: per text a dict
+        of input_ids, token_type_ids, offsets ((start, end) characters in its own text; (0, 0) for special
+        tokens), word_ids and sequence_ids (0 first text, 1 second, None special), as transformers' fast
+        tokenizers give them."""
+        room, pair_room = self._check(texts, pairs, max_length)
+        firsts = self._tok.encode_batch(texts, add_special_tokens=False)
+        seconds = self._tok.encode_batch(pairs, add_special_tokens=False) if pairs is not None else [None] * len(texts)
+        out = []
+        for ea, eb, pair in zip(firsts, seconds, pairs or [""] * len(texts)):
+            n_a, n_b = map(len, _longest_first(ea.ids, eb.ids, pair_room)) if pair else (min(len(ea), room), 0)
+            sides = {"A": (ea, n_a, 0), "B": (eb, n_b, 1)}
+            row = {"input_ids": [], "token_type_ids": [], "offsets": [], "word_ids": [], "sequence_ids": []}
+            for piece, t in self.pair if pair else self.single:
+                if isinstance(piece, int):
+                    cols = ([piece], [t], [(0, 0)], [None], [None])
+                else:
+                    e, n, seq = sides[piece]
+                    # (offsets come trimmed of spaces where the post-processor trims, with or without specials)
+                    cols = (e.ids[:n], [t] * n, e.offsets[:n], e.word_ids[:n], [seq] * n)
+                for key, col in zip(row, cols):
+                    row[key] += col
+            out.append(row)
+        return out
 
     def encode_offsets(self, texts):
         """(ids, offsets) per text, without [CLS]/[SEP]: the token ids and each token's (start, end)
@@ -156,17 +261,16 @@ class Tokenizer:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         self._tok.save(str(path / "tokenizer.json"))
-        vocab = sorted(self._tok.get_vocab(with_added_tokens=False).items(), key=lambda kv: kv[1])
-        (path / "vocab.txt").write_text("".join(token + "\n" for token, _ in vocab), encoding="utf-8")
-        norm = self._tok.normalizer
-        special = {f"{name}_token": f"[{name.upper()}]" for name in ("unk", "sep", "pad", "cls", "mask")}
-        config = {
-            "tokenizer_class": "BertTokenizer",
-            "do_lower_case": norm.lowercase,
-            "strip_accents": norm.strip_accents,
-            "tokenize_chinese_chars": norm.handle_chinese_chars,
-            "model_max_length": self.model_max_length,
-            **special,
-        }
+        special = {f"{role}_token": token for role, token in self.specials.items()}
+        config = {**self._config, **special, "model_max_length": self.model_max_length}
+        if isinstance(self._tok.model, WordPiece):
+            vocab = sorted(self._tok.get_vocab(with_added_tokens=False).items(), key=lambda kv: kv[1])
+            (path / "vocab.txt").write_text("".join(token + "\n" for token, _ in vocab), encoding="utf-8")
+            norm = self._tok.normalizer
+            config.update(tokenizer_class=self._config.get("tokenizer_class", "BertTokenizer"),
+                          do_lower_case=norm.lowercase, strip_accents=norm.strip_accents,
+                          tokenize_chinese_chars=norm.handle_chinese_chars)
+        else:  # tokenizer.json holds all of it; a class that rebuilt it from other files could differ
+            config.setdefault("tokenizer_class", "PreTrainedTokenizerFast")
         for name, obj in (("tokenizer_config.json", config), ("special_tokens_map.json", special)):
             (path / name).write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")

@@ -1,0 +1,168 @@
+"""The BERT family's tokenizers against transformers' fast tokenizers, on tiny vocabularies trained here.
+
+Byte-level BPE (RoBERTa from vocab.json + merges.txt, and from tokenizer.json; ModernBERT's layout),
+SentencePiece-style Unigram (XLM-R, CamemBERT) and WordPiece (DistilBERT) directories are built with
+`tokenizers` and transformers' own tokenizer classes, then compared on a varied corpus: English, Chinese,
+accents, emoji, random Unicode, empty strings, long texts and pairs, at several max_lengths. Compared:
+input ids, token type ids (where the family returns them), offsets and word ids, and the directory
+minift saves loading in transformers to the same ids.
+"""
+import json
+import random
+
+import pytest
+from tokenizers import Tokenizer as HFTok
+from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+from conftest import FIXTURES
+from minift.tokenizer import Tokenizer
+from test_tokenizer import random_texts
+
+transformers = pytest.importorskip("transformers")
+CORPUS = json.loads((FIXTURES / "tokenizer_corpus.json").read_text(encoding="utf-8"))
+TEXTS = CORPUS["singles"] + ["", " ", "Crème brûlée, naïve café 🙂🎉 👩‍👩‍👧", "中文和English混合 text"] + random_texts(60, 11)
+# Pairs: transformers truncates a pair by combining every overflow window of one side with every one of the
+# other, so its memory grows with the product of the lengths over max_length. Long pairs only at 512.
+SHORT = [t[:60] for t in random_texts(40, 12, max_words=12)] + ["", "x"]
+SHORT_PAIRS = [(a, b) for a, b in CORPUS["pairs"] if len(a) + len(b) < 400] + list(zip(SHORT, reversed(SHORT)))
+
+
+def pairs(m):
+    chosen = SHORT_PAIRS + ([(a, b) for a, b in CORPUS["pairs"] if len(a) + len(b) >= 400] if m >= 128 else [])
+    return [a for a, _ in chosen], [b for _, b in chosen]
+
+
+WORDS = CORPUS["singles"] + [t for ab in CORPUS["pairs"] for t in ab]
+TRAIN = WORDS + SHORT + random_texts(50, 14)
+
+
+def bpe(tmp, specials):
+    """A byte-level BPE of 500 tokens, the specials first."""
+    tok = HFTok(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.train_from_iterator(TRAIN, trainers.BpeTrainer(vocab_size=500, special_tokens=specials, show_progress=False,
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return tok
+
+
+def roberta_files(tmp):  # vocab.json + merges.txt only, as RoBERTa's first releases ship
+    tmp.mkdir(parents=True)
+    bpe(tmp, ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]).model.save(str(tmp))
+    return tmp
+
+
+def roberta_json(tmp):  # what transformers' RobertaTokenizer saves: tokenizer.json and its config
+    transformers.RobertaTokenizer.from_pretrained(roberta_files(tmp / "src")).save_pretrained(tmp / "out")
+    return tmp / "out"
+
+
+def unigram(tmp, cls):  # XLM-R / CamemBERT: a SentencePiece-style Unigram in transformers' class around it
+    tok = HFTok(models.Unigram())
+    tok.normalizer = normalizers.NFKC()
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    # on the corpus without the random texts: Unigram keeps every character seen, a few hundred here
+    tok.train_from_iterator(WORDS, trainers.UnigramTrainer(vocab_size=len(set("".join(WORDS))) + 200, unk_token="<unk>",
+                                                           show_progress=False,
+                                                           special_tokens=["<s>", "<pad>", "</s>", "<unk>"]))
+    # `tokenizers` breaks a tie between two segmentations of equal score differently in each loaded instance
+    # (its trie's hash order). Trained on so little text, scores tie exactly, so jitter them apart; and
+    # "???" = "?" + "??" = "??" + "?" always ties, so leave out pieces that repeat a shorter one ("??", "abab").
+    rng = random.Random(0)
+    vocab = [(p, s + rng.uniform(-1e-3, 1e-3)) for p, s in json.loads(tok.to_str())["model"]["vocab"]
+             if not any(len(p) % k == 0 and p[:k] * (len(p) // k) == p for k in range(1, len(p)))]
+    vocab.append(("<mask>", 0.0))
+    cls(vocab=vocab).save_pretrained(tmp)
+    return tmp
+
+
+def wordpiece(tmp):  # DistilBERT's (and ELECTRA's) tokenizer is BERT's WordPiece, without token types
+    tok = HFTok(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer()
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.train_from_iterator(TRAIN, trainers.WordPieceTrainer(vocab_size=500, show_progress=False,
+                                                             special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]))
+    vocab = json.loads(tok.to_str())["model"]["vocab"]
+    transformers.DistilBertTokenizer(vocab=vocab).save_pretrained(tmp)
+    return tmp
+
+
+def modernbert(tmp):  # byte-level BPE with BERT's special tokens and template, in a bare tokenizer.json
+    tok = bpe(tmp, ["[CLS]", "[SEP]", "[PAD]", "[MASK]", "[UNK]"])
+    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
+                                                       special_tokens=[("[CLS]", 0), ("[SEP]", 1)])
+    tok.decoder = decoders.ByteLevel()
+    tmp.mkdir()
+    tok.save(str(tmp / "tokenizer.json"))
+    specials = {"cls_token": "[CLS]", "sep_token": "[SEP]", "pad_token": "[PAD]", "mask_token": "[MASK]",
+                "unk_token": "[UNK]"}
+    (tmp / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "PreTrainedTokenizerFast", **specials}))
+    return tmp
+
+
+LAYOUTS = {"roberta-vocab.json": roberta_files, "roberta-tokenizer.json": roberta_json,
+           "xlm-roberta": lambda t: unigram(t, transformers.XLMRobertaTokenizer),
+           "camembert": lambda t: unigram(t, transformers.CamembertTokenizer),
+           "distilbert": wordpiece, "modernbert": modernbert}
+
+
+@pytest.fixture(scope="module", params=list(LAYOUTS))
+def pair(request, tmp_path_factory):
+    """(minift's tokenizer, transformers' fast tokenizer) of one layout."""
+    d = LAYOUTS[request.param](tmp_path_factory.mktemp(request.param) / "tok")
+    # a directory of vocab.json + merges.txt alone names no class: the model's config.json would
+    hf = transformers.RobertaTokenizer if request.param == "roberta-vocab.json" else transformers.AutoTokenizer
+    return Tokenizer.from_dir(d), hf.from_pretrained(d)
+
+
+def calls(hf, a, b, m, **kw):
+    """transformers' encodings; pairs one call each: there an empty second text makes a single text, which
+    its batched call does not do."""
+    if b is None:
+        return hf(a, truncation=True, max_length=m, **kw)
+    return [hf(x, y, truncation=True, max_length=m, **kw) for x, y in zip(a, b)]
+
+
+def reference(hf, a, b, m):
+    ref = calls(hf, a, b, m)
+    if b is None:
+        return ref["input_ids"], ref.get("token_type_ids")
+    return [r["input_ids"] for r in ref], None if "token_type_ids" not in ref[0] else [r["token_type_ids"] for r in ref]
+
+
+@pytest.mark.parametrize("m", [6, 512])
+def test_ids_and_types_match_transformers(pair, m):
+    ours, hf = pair
+    for a, b in [(TEXTS, None), pairs(m)]:
+        ids, types = ours.encode(a, b, max_length=m)
+        ref_ids, ref_types = reference(hf, a, b, m)
+        for i, (x, y) in enumerate(zip(ids, ref_ids)):
+            assert x == y, (i, a[i])
+        assert ref_types is None or types == ref_types
+        assert all(len(x) <= m for x in ids)
+    assert (ours.pad_id, ours.cls_id, ours.sep_id, ours.mask_id) == (
+        hf.pad_token_id, hf.cls_token_id, hf.sep_token_id, hf.mask_token_id)
+
+
+@pytest.mark.parametrize("m", [10, 512])
+def test_offsets_and_word_ids_match_transformers(pair, m):
+    ours, hf = pair
+    for a, b in [(TEXTS, None), pairs(m)]:
+        rows = ours.encode_aligned(a, b, max_length=m)
+        ref = calls(hf, a, b, m, return_offsets_mapping=True)
+        for i, row in enumerate(rows):
+            r, j = (ref, i) if b is None else (ref[i], 0)  # the batch's row i, or call i's only row
+            ids, offsets = (r["input_ids"][i], r["offset_mapping"][i]) if b is None else (r["input_ids"], r["offset_mapping"])
+            assert row["input_ids"] == ids
+            assert row["offsets"] == [tuple(o) for o in offsets], (i, a[i])
+            assert row["word_ids"] == r.word_ids(j) and row["sequence_ids"] == r.sequence_ids(j)
+        assert [r["input_ids"] for r in rows] == ours.encode(a, b, max_length=m)[0]
+
+
+def test_saved_directory_loads_in_transformers(pair, tmp_path):
+    ours, _ = pair
+    ours.save(tmp_path)
+    theirs, again = transformers.AutoTokenizer.from_pretrained(tmp_path), Tokenizer.from_dir(tmp_path)
+    for a, b in [(TEXTS, None), pairs(64)]:
+        ids = ours.encode(a, b, max_length=64)
+        assert again.encode(a, b, max_length=64) == ids
+        assert reference(theirs, a, b, 64)[0] == ids[0]
