@@ -180,6 +180,14 @@ class BertConfig:
         return {"architectures": [architecture], **{back.get(k, k): v for k, v in d.items()}}
 
 
+def bert_architecture(d: dict) -> str:
+    """config.json's architecture under BERT's stem (RobertaForSequenceClassification -> BertForSequenceClassification):
+    minift has one model class per task, whatever the family."""
+    stem = FAMILIES.get(d.get("model_type", "bert"), "Bert")
+    arch = (d.get("architectures") or [f"{stem}Model"])[0]
+    return "Bert" + arch.removeprefix(stem) if arch.startswith(stem) else arch
+
+
 # Defaults of the families' transformers configs where they differ from BERT's.
 DEFAULTS = {
     "roberta": {"vocab_size": 50265, "pad_token_id": 1}, "xlm-roberta": {"pad_token_id": 1},

@@ -25,6 +25,7 @@ ACT = {
     "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
     "relu": F.relu,
     "silu": F.silu,
+    "tanh": torch.tanh,  # sequence heads only (BERT's pooler, RoBERTa's head)
 }
 
 

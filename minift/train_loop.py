@@ -27,7 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from minift import tasks
 from minift.checkpoint import load_train_state, save_train_state
-from minift.config import BertConfig
+from minift.config import BertConfig, bert_architecture
 from minift.data import length_batches
 from minift.errors import MiniftError
 from minift.model import count_params
@@ -230,7 +230,7 @@ def load_model(task, cfg: RunConfig, id2label, allow_pickle: bool):
     if not Path(cfg.model).is_dir():
         raise MiniftError(f"{cfg.model}: no such model directory")
     before = BertConfig.from_json(Path(cfg.model) / "config.json")
-    arch = (json.loads((Path(cfg.model) / "config.json").read_text()).get("architectures") or ["BertModel"])[0]
+    arch = bert_architecture(json.loads((Path(cfg.model) / "config.json").read_text()))
     new_head = (arch != task.model.ARCHITECTURE or before.id2label not in (None, id2label)
                 or before.problem_type not in (None, task.problem_type))
     net = task.model.from_pretrained(cfg.model, allow_pickle=allow_pickle, id2label=id2label,

@@ -12,7 +12,9 @@ import pytest
 import torch
 
 from minift import Bert, BertConfig, MiniftError
-from minift.checkpoint import LAYOUTS, hf_names
+from minift.checkpoint import LAYOUTS, hf_names, hf_tensor_names
+from minift.config import FAMILIES
+from minift.tasks.classify import BertClassifier
 
 transformers = pytest.importorskip("transformers")
 
@@ -47,10 +49,10 @@ IDS = [f"{family}-{i}" for i, (family, _) in enumerate(CASES)]
 V, T = 97, 17
 
 
-def hf_model(family, kw, seed):
+def hf_model(family, kw, seed, auto=None):
     torch.manual_seed(seed)
     cfg = transformers.AutoConfig.for_model(family, vocab_size=V, max_position_embeddings=40, **kw)
-    model = transformers.AutoModel.from_config(cfg, attn_implementation="sdpa").eval()
+    model = (auto or transformers.AutoModel).from_config(cfg, attn_implementation="sdpa").eval()
     with torch.no_grad():  # real-looking weights: the 0.02 init makes every output nearly the same
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.3)
@@ -152,3 +154,38 @@ def test_config_names_of_each_family_are_translated():
 def test_unsupported_family_options_are_named(d, expect):
     with pytest.raises(MiniftError, match=expect.replace("(", r"\(").replace("[", r"\[")):
         BertConfig.from_dict(d)
+
+
+# ---- sequence classification heads ----
+
+HEAD_CASES = CASES + [("modernbert", dict(CASES[9][1], classifier_pooling="mean", classifier_activation="silu"))]
+
+
+@pytest.mark.parametrize("family,kw", HEAD_CASES, ids=IDS + ["modernbert-mean"])
+def test_sequence_classifier_matches_transformers_both_ways(family, kw, tmp_path):
+    """Logits and loss within 1e-5, every gradient within 1e-4 (relative), of the family's
+    *ForSequenceClassification; minift's save loads in transformers to the same logits."""
+    auto = transformers.AutoModelForSequenceClassification
+    hf = hf_model(family, dict(kw, num_labels=3), seed=7 + len(kw), auto=auto)
+    hf.save_pretrained(tmp_path / "hf")
+    ours = BertClassifier.from_pretrained(tmp_path / "hf").eval()
+    ids, mask = batch(ours.config.pad_token_id, seed=11)
+    labels = torch.tensor([0, 2, 1, 2])
+    o = hf(input_ids=ids, attention_mask=mask, labels=labels)
+    logits, loss = ours(ids, mask, labels=labels)
+    assert rel(logits, o.logits) <= 1e-5 and rel(loss, o.loss) <= 1e-5
+    o.loss.backward()
+    loss.backward()
+    params, prefix = dict(hf.named_parameters()), LAYOUTS[family][0]
+    for name, p in ours.named_parameters():
+        own = f"{prefix}." if name.startswith("bert.") else ""
+        ref = torch.cat([params[own + n].grad for n in hf_tensor_names(ours, name)])
+        assert rel(p.grad, ref) <= 1e-4, name
+
+    ours.save_pretrained(tmp_path / "ours")
+    config = json.loads((tmp_path / "ours" / "config.json").read_text())
+    assert config["architectures"] == [f"{FAMILIES[family]}ForSequenceClassification"]
+    back = auto.from_pretrained(tmp_path / "ours", attn_implementation="sdpa").eval()
+    assert type(back) is type(hf)
+    with torch.no_grad():
+        assert rel(back(input_ids=ids, attention_mask=mask).logits, o.logits) <= 1e-6

@@ -20,6 +20,7 @@ and, where a task has a file format of its own for predictions:
 """
 from dataclasses import dataclass
 
+from minift.config import bert_architecture
 from minift.errors import MiniftError
 from minift.tasks.classify import Classify
 from minift.tasks.qa import QA
@@ -50,7 +51,7 @@ def get(name: str):
 
 def of_saved(config: dict, path) -> object:
     """The task a fine-tuned model directory was trained for, from its config.json."""
-    arch = (config.get("architectures") or ["BertModel"])[0]
+    arch = bert_architecture(config)
     found = [t for t in TASKS.values() if t.model.ARCHITECTURE == arch]
     if not found:
         raise MiniftError(f"{path}: config.json names architecture {arch!r}, which is not a fine-tuned model of "

@@ -1,6 +1,6 @@
 """Sequence (pair) classification, multi-label classification and regression: one vector per text.
 
-The head is BertForSequenceClassification's: dropout and a linear layer on the pooled [CLS] vector.
+The head is the family's *ForSequenceClassification's (BERT's: dropout and a linear layer on the pooled [CLS] vector).
 The three kinds differ only in how labels are read and scored:
   classify    one class per text; cross-entropy; accuracy, macro-F1
   multilabel  any set of classes per text; one sigmoid per class; exact-set accuracy, macro-F1
@@ -16,31 +16,68 @@ import torch.nn.functional as F
 from minift.config import BertConfig
 from minift.data import Dataset, read_dataset
 from minift.errors import MiniftError
-from minift.model import Bert, Dropout, init_weights
+from minift.model import ACT, Bert, Dropout, init_weights
+
+def _put(root: nn.Module, path: str, module: nn.Module):
+    """root.<path> = module, making the empty containers on the way (classifier.dense -> classifier, then dense)."""
+    *owners, leaf = path.split(".")
+    for name in owners:
+        if not hasattr(root, name):
+            root.add_module(name, nn.Module())
+        root = getattr(root, name)
+    setattr(root, leaf, module)  # (replaces the encoder's pooler=None)
+
 
 # minift's name for each kind and the Hugging Face problem_type it is saved as.
 PROBLEM_TYPE = {"classify": "single_label_classification", "multilabel": "multi_label_classification",
                 "regression": "regression"}
 
 
+# Each family's sequence head: dense -> activation (-> LayerNorm) -> dropout -> out, on the first token's
+# vector (ModernBERT: or the mean of all). The paths of dense, norm and out are the family's Hugging Face names.
+HEADS = {"bert": ("bert.pooler", None, "classifier"), "roberta": ("classifier.dense", None, "classifier.out_proj"),
+         "distilbert": ("pre_classifier", None, "classifier"), "modernbert": ("head.dense", "head.norm", "classifier")}
+HEADS.update(dict.fromkeys(("xlm-roberta", "camembert", "electra"), HEADS["roberta"]))
+ACTIVATION = {"bert": "tanh", "roberta": "tanh", "xlm-roberta": "tanh", "camembert": "tanh", "electra": "gelu",
+              "distilbert": "relu"}  # ModernBERT: its config's classifier_activation
+
+
 class BertClassifier(nn.Module):
-    """BERT + dropout + a linear head on the pooled [CLS] vector (BertForSequenceClassification)."""
-    ARCHITECTURE = "BertForSequenceClassification"
-    HEAD = ("classifier.",)  # tensors outside the encoder, under their Hugging Face names
-    POOLER = True
+    """An encoder of the BERT family + its family's sequence classification head
+    (BertForSequenceClassification, RobertaForSequenceClassification, ...)."""
+    ARCHITECTURE = "BertForSequenceClassification"  # the family's stem replaces Bert on save
 
     def __init__(self, config: BertConfig):
         super().__init__()
         self.config = config
-        self.bert = Bert(config, pooler=True)
+        family = config.model_type
+        self.POOLER = family == "bert"  # its head's dense layer is the encoder's pooler
+        self.bert = Bert(config, pooler=False)
+        H, bias = config.hidden_size, config.bias
+        self.parts = HEADS[family]
+        dense, norm, out = self.parts
+        _put(self, dense, nn.Linear(H, H, bias=bias))
+        if norm:
+            _put(self, norm, nn.LayerNorm(H, eps=config.layer_norm_eps, bias=bias))
+        _put(self, out, nn.Linear(H, config.num_labels))
+        self.HEAD = tuple({path.split(".")[0] + "." for path in (dense, norm, out) if path and path[:5] != "bert."})
+        self.act = ACT[ACTIVATION.get(family, config.classifier_activation)]
         p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
         self.drop = Dropout(p)
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
-        init_weights(self.classifier, config.initializer_range)
+        self.drop_in = family in ("roberta", "xlm-roberta", "camembert", "electra")  # dropout before dense too
+        self.mean = config.pre_norm and config.classifier_pooling == "mean"
+        for path in filter(None, self.parts):  # the encoder's weights come from the checkpoint
+            init_weights(self.get_submodule(path), config.initializer_range)
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None):
-        pooled = self.bert(input_ids, attention_mask, token_type_ids, pooled_only=True)  # [B, H]
-        logits = self.classifier(self.drop(pooled))  # [B, num_labels]
+        # The first token's vector alone, unless the head averages: then the last layer computes only its rows.
+        x, pack = self.bert.encode(input_ids, attention_mask, token_type_ids, cls_only=not self.mean)  # [B or N, H]
+        if self.mean:
+            real = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+            x = (pack.pad(x) * real[..., None]).sum(1) / real.sum(1, keepdim=True)  # [B, H]
+        dense, norm, out = (self.get_submodule(path) if path else None for path in self.parts)
+        x = self.act(dense(self.drop(x) if self.drop_in else x))
+        logits = out(self.drop(x if norm is None else norm(x)))  # [B, num_labels]
         if labels is None:
             return logits
         return logits, self.loss(logits, labels)
