@@ -189,3 +189,43 @@ def test_sequence_classifier_matches_transformers_both_ways(family, kw, tmp_path
     assert type(back) is type(hf)
     with torch.no_grad():
         assert rel(back(input_ids=ids, attention_mask=mask).logits, o.logits) <= 1e-6
+
+
+# ---- the CLI, end to end: a tiny random checkpoint of each family with its tokenizer ----
+
+TRAIN_ROWS = [("a good film", "pos"), ("the worst plot", "neg"), ("it was fine", "mid"), ("boring and sad", "neg"),
+              ("really funny story", "pos"), ("我喜欢这部电影", "pos"), ("crème brûlée 🙂", "mid"), ("nothing works", "neg")]
+NO_DROPOUT = {"distilbert": dict(dropout=0.0, attention_dropout=0.0, seq_classif_dropout=0.0),
+              "modernbert": {}}  # ModernBERT's dropouts are 0 by default
+
+
+@pytest.mark.parametrize("family,layout,kw", [
+    ("roberta", "roberta-vocab.json", CASES[0][1]), ("xlm-roberta", "xlm-roberta", CASES[1][1]),
+    ("distilbert", "distilbert", CASES[3][1]), ("electra", "distilbert", CASES[6][1]),
+    ("modernbert", "modernbert", CASES[9][1])], ids=["roberta", "xlm-roberta", "distilbert", "electra", "modernbert"])
+def test_cli_fine_tuning_memorises_a_batch(family, layout, kw, tmp_path, capsys):
+    """`minift train` on 8 examples from a random checkpoint, then `minift eval` on them: all learnt."""
+    import csv
+
+    from minift.cli import main
+    from minift.tokenizer import Tokenizer
+    from test_family_tokenizers import LAYOUTS as TOKENIZERS
+    d = TOKENIZERS[layout](tmp_path / "model")
+    tok = Tokenizer.from_dir(d)
+    dropout = NO_DROPOUT.get(family, dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
+    torch.manual_seed(0)
+    cfg = transformers.AutoConfig.for_model(family, **{**kw, "pad_token_id": tok.pad_id}, **dropout,
+                                            vocab_size=tok.vocab_size, max_position_embeddings=64)
+    transformers.AutoModel.from_config(cfg).save_pretrained(d)
+    with open(tmp_path / "train.csv", "w", newline="") as f:
+        csv.writer(f).writerows([("text", "label"), *TRAIN_ROWS])
+    fast = ["--precision", "fp32", "--device", "cpu"]
+    assert main(["train", "--model", str(d), "--train", str(tmp_path / "train.csv"), "--out", str(tmp_path / "out"),
+                 "--max-steps", "150", "--batch-size", "8", "--lr", "3e-3", "--warmup", "0.05", "--compile", "off",
+                 *fast]) == 0
+    capsys.readouterr()
+    assert main(["eval", "--model", str(tmp_path / "out"), "--data", str(tmp_path / "train.csv"), *fast]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["accuracy"] == 1.0 and metrics["loss"] < 0.1, metrics
+    saved = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert saved["model_type"] == family and saved["architectures"] == [f"{FAMILIES[family]}ForSequenceClassification"]
