@@ -160,8 +160,7 @@ class Tokenizer:
             tok, source = _roberta_bpe(bpe_vocab, bpe_merges, config), bpe_vocab
         else:
             raise MiniftError(f"{path}: no tokenizer found (looked for tokenizer.json, then vocab.txt, then "
-                              "vocab.json + merges.txt; a SentencePiece .model alone must be converted to "
-                              "tokenizer.json first, e.g. by saving it with transformers' tokenizer once)")
+                              "vocab.json + merges.txt; a SentencePiece .model needs converting to tokenizer.json)")
         if isinstance(tok.model, WordPiece):
             _bert_wordpiece(tok, config, source)
         return cls(tok, config.get("model_max_length", 512), config, source)

@@ -27,6 +27,10 @@ CASES = [
                          hidden_act="gelu_new", type_vocab_size=1, pad_token_id=1)),
     ("camembert", dict(hidden_size=40, num_hidden_layers=2, num_attention_heads=5, intermediate_size=81,
                        hidden_act="relu", type_vocab_size=2, pad_token_id=3)),
+    ("roberta", dict(hidden_size=45, num_hidden_layers=1, num_attention_heads=5, intermediate_size=64,
+                     hidden_act="gelu_pytorch_tanh", type_vocab_size=1, pad_token_id=1)),
+    ("xlm-roberta", dict(hidden_size=48, num_hidden_layers=2, num_attention_heads=3, intermediate_size=100,
+                         type_vocab_size=1, pad_token_id=1, layer_norm_eps=1e-5)),
     ("distilbert", dict(dim=32, n_layers=2, n_heads=2, hidden_dim=37)),
     ("distilbert", dict(dim=45, n_layers=3, n_heads=5, hidden_dim=70, activation="relu")),
     ("distilbert", dict(dim=36, n_layers=1, n_heads=3, hidden_dim=50, sinusoidal_pos_embds=True, pad_token_id=2)),
@@ -110,7 +114,7 @@ def test_hidden_states_and_gradients_match_transformers(family, kw, tmp_path):
     assert torch.equal(Bert.from_pretrained(tmp_path / "ours").embeddings.word.weight, ours.embeddings.word.weight)
 
 
-@pytest.mark.parametrize("family,kw", [CASES[0], CASES[4], CASES[7], CASES[9]], ids=["roberta", "distilbert",
+@pytest.mark.parametrize("family,kw", [CASES[0], CASES[6], CASES[9], CASES[11]], ids=["roberta", "distilbert",
                                                                                      "electra", "modernbert"])
 def test_padding_and_the_first_token_path_change_nothing(family, kw, tmp_path):
     """Each row alone (no padding) gives the hidden states it gets in a padded batch, and the last layer's
@@ -158,7 +162,7 @@ def test_unsupported_family_options_are_named(d, expect):
 
 # ---- sequence classification heads ----
 
-HEAD_CASES = CASES + [("modernbert", dict(CASES[9][1], classifier_pooling="mean", classifier_activation="silu"))]
+HEAD_CASES = CASES + [("modernbert", dict(CASES[11][1], classifier_pooling="mean", classifier_activation="silu"))]
 
 
 @pytest.mark.parametrize("family,kw", HEAD_CASES, ids=IDS + ["modernbert-mean"])
@@ -201,8 +205,8 @@ NO_DROPOUT = {"distilbert": dict(dropout=0.0, attention_dropout=0.0, seq_classif
 
 @pytest.mark.parametrize("family,layout,kw", [
     ("roberta", "roberta-vocab.json", CASES[0][1]), ("xlm-roberta", "xlm-roberta", CASES[1][1]),
-    ("distilbert", "distilbert", CASES[3][1]), ("electra", "distilbert", CASES[6][1]),
-    ("modernbert", "modernbert", CASES[9][1])], ids=["roberta", "xlm-roberta", "distilbert", "electra", "modernbert"])
+    ("distilbert", "distilbert", CASES[5][1]), ("electra", "distilbert", CASES[8][1]),
+    ("modernbert", "modernbert", CASES[11][1])], ids=["roberta", "xlm-roberta", "distilbert", "electra", "modernbert"])
 def test_cli_fine_tuning_memorises_a_batch(family, layout, kw, tmp_path, capsys):
     """`minift train` on 8 examples from a random checkpoint, then `minift eval` on them: all learnt."""
     import csv

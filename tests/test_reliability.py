@@ -305,7 +305,8 @@ def test_missing_and_unreadable_files(tiny_dir, data, tmp_path, capsys):
     (model2 / "vocab.txt").unlink()
     (model2 / "vocab.txt").mkdir()
     message = refused(capsys, ["train", "--model", model2, "--train", data[0], "--out", out, *FAST])
-    assert message == f"{model2}: no tokenizer found (looked for tokenizer.json, then vocab.txt)"
+    assert message == (f"{model2}: no tokenizer found (looked for tokenizer.json, then vocab.txt, then vocab.json + "
+                       "merges.txt; a SentencePiece .model needs converting to tokenizer.json)")
     assert not out.exists()
 
 
