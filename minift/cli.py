@@ -64,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_allow_pickle(e)
 
     t = sub.add_parser("train", help="fine-tune a BERT classifier or regressor")
-    t.add_argument("--model", required=True, help="directory of a Hugging Face BERT (e.g. weights/all-MiniLM-L6-v2)")
+    t.add_argument("--model", required=True, help="directory of a Hugging Face BERT, RoBERTa, XLM-R, CamemBERT, "
+                   "DistilBERT, ELECTRA or ModernBERT (e.g. weights/all-MiniLM-L6-v2)")
     t.add_argument("--train", required=True, help="training data: .csv, .tsv (with a header) or .jsonl")
     t.add_argument("--out", required=True, help="output directory: a Hugging Face model directory plus run records")
     add_fields(t, RunConfig, skip=("model", "train", "out"))

@@ -23,7 +23,8 @@ RENAMES = {
     "modernbert": {"hidden_activation": "hidden_act", "norm_eps": "layer_norm_eps", "mlp_dropout": "hidden_dropout_prob",
                    "attention_dropout": "attention_probs_dropout_prob"},
 }
-# Fields a family's config.json does not have (its value is fixed by the family, or the field is another's).
+# Fields that only these families' config.json have; ABSENT: BERT's fields a family's config.json lacks
+# (the family fixes their value).
 OWN = {"embedding_size": ("electra",), "sinusoidal_pos_embds": ("distilbert",)}
 MODERNBERT_ONLY = ("bias", "layer_types", "local_attention", "rope_theta", "local_rope_theta", "classifier_pooling",
                    "classifier_activation")
@@ -54,7 +55,7 @@ class BertConfig:
     embedding_size: int | None = None  # ELECTRA: embeddings narrower than hidden_size, projected up
     sinusoidal_pos_embds: bool = False  # DistilBERT: position table initialised to sinusoids
     # ModernBERT: pre-LayerNorm, rotary positions, GeGLU, global attention on some layers, local on the others
-    bias: bool = True  # its LayerNorms and Linears have no biases (norm_bias, attention_bias, mlp_bias)
+    bias: bool = True  # False: LayerNorms and Linears without biases (norm_bias, attention_bias, mlp_bias, ...)
     layer_types: list[str] | None = None  # per layer "full_attention" or "sliding_attention"
     local_attention: int = 128  # a sliding-window layer sees tokens at most local_attention // 2 away
     rope_theta: float = 160_000.0  # rotary base of the global layers

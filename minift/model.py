@@ -7,11 +7,11 @@ padding costs nothing there (see Packing).
 BERT: post-LayerNorm residual blocks, absolute position embeddings, exactly as the original BERT
 and Hugging Face's BertModel compute them, so pretrained checkpoints load unchanged (minift/checkpoint.py
 maps the names). The descendants differ in a few places, each switched by a BertConfig property:
-  RoBERTa, XLM-R, CamemBERT  positions count real tokens from pad_token_id + 1 (Bert.forward)
+  RoBERTa, XLM-R, CamemBERT  positions count real tokens from pad_token_id + 1 (Bert.encode)
   DistilBERT                 no token types (Embeddings)
   ELECTRA                    embeddings of width E < H, projected up (Embeddings)
   ModernBERT                 pre-LayerNorm without biases, rotary positions, GeGLU, sliding-window
-                             attention on some layers, a final LayerNorm (Layer, Bert.forward)
+                             attention on some layers, a final LayerNorm (Layer, Bert.encode)
 """
 import torch
 import torch.nn as nn
@@ -187,7 +187,7 @@ class Layer(nn.Module):
         value, gate = self.fc(x).chunk(2, dim=-1)
         return self.proj(self.act(value) * gate)
 
-    def forward(self, x, pack, mask, rope=None, cls=None):  # [N, H] -> [N, H], or [B, H]: the [CLS] rows only, given cls
+    def forward(self, x, pack, mask, rope=None, cls=None):  # [N, H] -> [N, H], or [B, H]: the [CLS] rows, given cls
         if not self.pre_norm:  # post-LN: normalise after the residual add
             x = self.ln1((x if cls is None else x[cls]) + self.drop(self.attn(x, pack, mask, rope, cls)))
             return self.ln2(x + self.drop(self.mlp(x)))

@@ -79,8 +79,8 @@ def wordpiece(tmp):  # DistilBERT's (and ELECTRA's) tokenizer is BERT's WordPiec
     tok = HFTok(models.WordPiece(unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer()
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.train_from_iterator(TRAIN, trainers.WordPieceTrainer(vocab_size=500, show_progress=False,
-                                                             special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]))
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok.train_from_iterator(TRAIN, trainers.WordPieceTrainer(vocab_size=500, show_progress=False, special_tokens=specials))
     vocab = json.loads(tok.to_str())["model"]["vocab"]
     transformers.DistilBertTokenizer(vocab=vocab).save_pretrained(tmp)
     return tmp
@@ -151,7 +151,8 @@ def test_offsets_and_word_ids_match_transformers(pair, m):
         ref = calls(hf, a, b, m, return_offsets_mapping=True)
         for i, row in enumerate(rows):
             r, j = (ref, i) if b is None else (ref[i], 0)  # the batch's row i, or call i's only row
-            ids, offsets = (r["input_ids"][i], r["offset_mapping"][i]) if b is None else (r["input_ids"], r["offset_mapping"])
+            ids, offsets = (r["input_ids"], r["offset_mapping"]) if b is not None else \
+                (r["input_ids"][i], r["offset_mapping"][i])
             assert row["input_ids"] == ids
             assert row["offsets"] == [tuple(o) for o in offsets], (i, a[i])
             assert row["word_ids"] == r.word_ids(j) and row["sequence_ids"] == r.sequence_ids(j)
