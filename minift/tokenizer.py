@@ -174,13 +174,23 @@ class Tokenizer:
             _check_list("pairs", pairs)
             if len(pairs) != len(texts):
                 raise ValueError(f"got {len(texts)} texts but {len(pairs)} pairs")
-        room, pair_room = (max_length - sum(isinstance(piece, int) for piece, _ in t) for t in (self.single, self.pair))
+        room, pair_room = max_length - self.n_specials(False), max_length - self.n_specials(True)
         specials = max_length - (room if pairs is None else pair_room)
         if max_length < specials:
             raise ValueError(f"max_length {max_length} leaves no room for the {specials} special tokens")
         return room, pair_room
 
-    def _fill(self, a, b=None):  # text tokens -> (ids, token type ids) with the special tokens around them
+    def n_specials(self, pair: bool) -> int:
+        """How many special tokens one text (pair=False) or a pair gets."""
+        return sum(isinstance(piece, int) for piece, _ in (self.pair if pair else self.single))
+
+    def second_start(self, n_first: int) -> int:
+        """Where a pair's second text starts when its first has n_first tokens ([CLS] A [SEP]: n_first + 2)."""
+        before = self.pair[:[piece for piece, _ in self.pair].index("B")]
+        return n_first + sum(isinstance(piece, int) for piece, _ in before)
+
+    def with_specials(self, a, b=None):
+        """Text tokens (of one text, or a pair) -> (ids, token type ids) with the special tokens around them."""
         ids, types = [], []
         for piece, t in self.single if b is None else self.pair:
             part = a if piece == "A" else b if piece == "B" else [piece]
@@ -195,12 +205,12 @@ class Tokenizer:
         # pairs, every combination of both sides' windows, which takes seconds for one long pair.
         firsts = [e.ids for e in self._tok.encode_batch_fast(texts, add_special_tokens=False)]
         if pairs is None:
-            out = [self._fill(a[:room]) for a in firsts]
+            out = [self.with_specials(a[:room]) for a in firsts]
         else:
             seconds = [e.ids for e in self._tok.encode_batch_fast(pairs, add_special_tokens=False)]
             # an empty second text makes a single text, as in transformers (its `if text_pair`)
-            out = [self._fill(*_longest_first(a, b, pair_room)) if pair else self._fill(a[:room])
-                   for a, b, pair in zip(firsts, seconds, pairs)]
+            out = [self.with_specials(*_longest_first(a, b, pair_room)) if pair else
+                   self.with_specials(a[:room]) for a, b, pair in zip(firsts, seconds, pairs)]
         return [ids for ids, _ in out], [types for _, types in out]
 
     def encode_aligned(self, texts, pairs=None, max_length=512) -> list[dict]:

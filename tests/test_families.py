@@ -233,3 +233,41 @@ def test_cli_fine_tuning_memorises_a_batch(family, layout, kw, tmp_path, capsys)
     assert metrics["accuracy"] == 1.0 and metrics["loss"] < 0.1, metrics
     saved = json.loads((tmp_path / "out" / "config.json").read_text())
     assert saved["model_type"] == family and saved["architectures"] == [f"{FAMILIES[family]}ForSequenceClassification"]
+
+
+# ---- question answering heads ----
+
+@pytest.mark.parametrize("family,kw", [CASES[i] for i in (0, 1, 2, 5, 8, 11, 13)],
+                         ids=[IDS[i] for i in (0, 1, 2, 5, 8, 11, 13)])
+def test_qa_head_matches_transformers_both_ways(family, kw, tmp_path):
+    """Start and end logits at the real tokens and the loss within 1e-5, every gradient within 1e-4, of the
+    family's *ForQuestionAnswering; minift's save loads in transformers to the same logits."""
+    from minift.tasks.qa import BertQA
+    auto = transformers.AutoModelForQuestionAnswering
+    hf = hf_model(family, kw, seed=5 + len(kw), auto=auto)
+    hf.save_pretrained(tmp_path / "hf")
+    ours = BertQA.from_pretrained(tmp_path / "hf").eval()
+    ids, mask = batch(ours.config.pad_token_id, seed=13)
+    starts, ends = torch.tensor([3, 5, 1, 0]), torch.tensor([6, 5, 2, 0])
+    o = hf(input_ids=ids, attention_mask=mask, start_positions=starts, end_positions=ends)
+    logits, loss = ours(ids, mask, start_positions=starts, end_positions=ends)
+    m = mask.bool()
+    assert rel(logits[..., 0][m], o.start_logits[m]) <= 1e-5 and rel(logits[..., 1][m], o.end_logits[m]) <= 1e-5
+    # transformers' softmax also spans the padding (scores near 0 there, not -inf): compare on unpadded rows
+    full = hf(input_ids=ids[:1], start_positions=starts[:1], end_positions=ends[:1])
+    _, loss1 = ours(ids[:1], start_positions=starts[:1], end_positions=ends[:1])
+    assert rel(loss1, full.loss) <= 1e-5
+    full.loss.backward()
+    loss1.backward()
+    params, prefix = dict(hf.named_parameters()), LAYOUTS[family][0]
+    for name, p in ours.named_parameters():
+        own = f"{prefix}." if name.startswith("bert.") else ""
+        ref = torch.cat([params[own + n].grad for n in hf_tensor_names(ours, name)])
+        assert rel(p.grad, ref) <= 1e-4, name
+
+    ours.save_pretrained(tmp_path / "ours")
+    config = json.loads((tmp_path / "ours" / "config.json").read_text())
+    assert config["architectures"] == [f"{FAMILIES[family]}ForQuestionAnswering"]
+    back = auto.from_pretrained(tmp_path / "ours", attn_implementation="sdpa").eval()
+    with torch.no_grad():
+        assert rel(back(input_ids=ids, attention_mask=mask).start_logits[m], o.start_logits[m]) <= 1e-6

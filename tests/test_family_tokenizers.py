@@ -167,3 +167,20 @@ def test_saved_directory_loads_in_transformers(pair, tmp_path):
         ids = ours.encode(a, b, max_length=64)
         assert again.encode(a, b, max_length=64) == ids
         assert reference(theirs, a, b, 64)[0] == ids[0]
+
+
+@pytest.mark.parametrize("max_length,stride", [(64, 8), (128, 32)])
+def test_qa_windows_match_transformers(pair, max_length, stride):
+    """Question-answering windows over long contexts in the family's layout (<s> q </s></s> c </s>, ...),
+    as the fast tokenizer cuts them (return_overflowing_tokens), and run_qa.py's answer labels."""
+    from minift.tasks import TaskOptions
+    from minift.tasks.qa import make_features
+    from test_qa import qa_examples, reference_features, squad_rows
+    ours, hf = pair
+    rows = squad_rows(random.Random(max_length))
+    enc, starts, ends, offsets = reference_features(hf, rows, max_length, stride)
+    f = make_features(qa_examples(rows), ours, max_length, TaskOptions(doc_stride=stride))
+    assert f.ids == enc["input_ids"] and f.example == enc["overflow_to_sample_mapping"]
+    assert "token_type_ids" not in enc or f.types == enc["token_type_ids"]
+    assert [f.offsets[i][s:s + b - a + 1] for i, s, (a, b) in zip(f.example, f.first, f.window)] == offsets
+    assert f.start.tolist() == starts and f.end.tolist() == ends

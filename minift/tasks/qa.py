@@ -14,7 +14,7 @@ import math
 import re
 import string
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -23,14 +23,16 @@ import torch.nn.functional as F
 
 from minift.config import BertConfig
 from minift.errors import MiniftError
-from minift.model import Bert, init_weights
+from minift.model import ACT, Bert, init_weights
 
 N_BEST = 20  # start and end candidates per window, as Hugging Face's run_qa.py and the original BERT
 
 
 class BertQA(nn.Module):
-    """BERT + qa_outputs [2, H] on every token (BertForQuestionAnswering; no pooler, no dropout)."""
-    ARCHITECTURE = "BertForQuestionAnswering"
+    """An encoder of the BERT family + qa_outputs [2, H] on every token (BertForQuestionAnswering, and
+    RoBERTa's, DistilBERT's, ELECTRA's; no pooler, no dropout). ModernBERT's has its dense -> activation ->
+    norm head before a classifier [2, H] (ModernBertForQuestionAnswering)."""
+    ARCHITECTURE = "BertForQuestionAnswering"  # the family's stem replaces Bert on save
     HEAD = ("qa_outputs.",)
     POOLER = False
 
@@ -38,12 +40,26 @@ class BertQA(nn.Module):
         super().__init__()
         self.config = config
         self.bert = Bert(config, pooler=False)
-        self.qa_outputs = nn.Linear(config.hidden_size, 2)
-        init_weights(self.qa_outputs, config.initializer_range)
+        H = config.hidden_size
+        if config.pre_norm:
+            self.HEAD = ("head.", "classifier.")
+            self.head = nn.ModuleDict({"dense": nn.Linear(H, H, bias=config.bias),
+                                       "norm": nn.LayerNorm(H, eps=config.layer_norm_eps, bias=config.bias)})
+            self.act = ACT[config.classifier_activation]
+            self.classifier = nn.Linear(H, 2)
+            init_weights(self.head, config.initializer_range)
+            init_weights(self.classifier, config.initializer_range)
+        else:
+            self.qa_outputs = nn.Linear(H, 2)
+            init_weights(self.qa_outputs, config.initializer_range)
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, start_positions=None, end_positions=None):
         x, pack = self.bert.encode(input_ids, attention_mask, token_type_ids)  # [N, H] real tokens
-        logits = pack.pad(self.qa_outputs(x))  # [B, T, 2]: each token's start and end score
+        if self.config.pre_norm:
+            x = self.classifier(self.head["norm"](self.act(self.head["dense"](x))))
+        else:
+            x = self.qa_outputs(x)
+        logits = pack.pad(x)  # [B, T, 2]: each token's start and end score
         if attention_mask is not None:  # padding is never an answer and stays out of the softmax
             logits = logits.masked_fill(attention_mask[..., None] == 0, torch.finfo(logits.dtype).min)
         if start_positions is None:
@@ -213,6 +229,7 @@ class Features:
     end: torch.Tensor | None    # lacks it; None when unlabelled
     examples: Examples
     opts: object  # max_answer_length, null_threshold, squad_v2: what turns scores into answers
+    window: list[tuple[int, int]] = field(default_factory=list)  # positions of the first and last context token
 
 
 def window_starts(n: int, room: int, stride: int) -> list[int]:
@@ -259,25 +276,28 @@ def make_features(ds: Examples, tok, max_length: int, opts) -> Features:
     starts, ends = [], []
     for i, (q, c) in enumerate(zip(questions, ds.contexts)):
         context = ids_of[at[c]]
-        room = max_length - len(q) - 3  # context tokens per window: all but the question, [CLS] and two [SEP]
+        room = max_length - len(q) - tok.n_specials(pair=True)  # context tokens per window
+        lead = tok.second_start(len(q))  # where the context starts: after [CLS] q [SEP], or <s> q </s></s>
         if room < 1:
             raise MiniftError(f"{ds.path}, {ds.where[i]}: the question is {len(q)} tokens, which leaves no room for "
                               f"the context in --max-length {max_length}")
         if len(context) > room and opts.doc_stride >= room:
             raise MiniftError(f"--doc-stride {opts.doc_stride}: must be less than the {room} context tokens a window "
                               f"holds for {ds.where[i]} of {ds.path} (--max-length less the question and "
-                              "3 special tokens)")
+                              f"{tok.n_specials(pair=True)} special tokens)")
         gold = ds.answers[i][0] if ds.answers is not None and ds.answers[i] else None  # train on the first answer
         for s in window_starts(len(context), room, opts.doc_stride):
             part = context[s:s + room]
-            f.ids.append([tok.cls_id, *q, tok.sep_id, *part, tok.sep_id])
-            f.types.append([0] * (len(q) + 2) + [1] * (len(part) + 1))
+            ids, types = tok.with_specials(q, part)
+            f.ids.append(ids)
+            f.types.append(types)
+            f.window.append((lead, lead + len(part) - 1))
             f.example.append(i)
             f.first.append(s)
             if ds.answers is not None:
                 span = gold and answer_tokens(f.offsets[i][s:s + room], gold[1], gold[1] + len(gold[0]))
-                starts.append(span[0] + len(q) + 2 if span else 0)
-                ends.append(span[1] + len(q) + 2 if span else 0)
+                starts.append(span[0] + lead if span else 0)
+                ends.append(span[1] + lead if span else 0)
     if ds.answers is not None:
         f.start, f.end = torch.tensor(starts), torch.tensor(ends)
     return f
@@ -295,8 +315,7 @@ def best_answers(outputs: list[torch.Tensor], f: Features) -> list[dict]:
     n = len(f.examples.ids)
     best, null = [None] * n, [math.inf] * n  # best: (score, first char, end char)
     for w, logits in enumerate(outputs):  # logits [2, T]: start and end scores of the window's tokens
-        i, ctx = f.example[w], f.types[w].index(1)  # ctx: the window's first context token
-        last = len(f.ids[w]) - 2  # the window's last context token; [SEP] follows
+        i, (ctx, last) = f.example[w], f.window[w]  # the window's first and last context token
         null[i] = min(null[i], float(logits[0, 0] + logits[1, 0]))
         tops = logits.topk(min(N_BEST, logits.size(1)), dim=1).indices.tolist()
         scores = logits.tolist()
