@@ -58,7 +58,8 @@ def encoder_modules(names: dict) -> tuple[str, ...]:
     return tuple({v.split(".")[0] + "." for v in names.values() if isinstance(v, str)})
 
 
-def read_tensors(path: Path, allow_pickle: bool = False, family: str = "bert") -> dict[str, torch.Tensor]:
+def read_tensors(path: Path, allow_pickle: bool = False, family: str = "bert",
+                 keep: tuple = ()) -> dict[str, torch.Tensor]:
     """All tensors of a checkpoint directory, with Hugging Face's naming variants normalised."""
     single, index, pickle = path / "model.safetensors", path / "model.safetensors.index.json", path / "pytorch_model.bin"
     if single.exists():
@@ -101,10 +102,16 @@ def read_tensors(path: Path, allow_pickle: bool = False, family: str = "bert") -
         k = k.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
         prefix, _, pretraining_heads = LAYOUTS[family]
         k = k.removeprefix(prefix + ".")
-        # Pretraining heads and the position_ids buffer are not part of the encoder.
-        if k.startswith(pretraining_heads) or k.endswith("position_ids"):
+        # Pretraining heads and the position_ids buffer are not part of the encoder; `keep` names a head that
+        # the model has (a masked LM's cls.predictions). A masked-LM decoder is tied, as BERT's is: its weight
+        # is the word embeddings again and its bias is cls.predictions.bias (older files store both copies).
+        if (k.startswith(pretraining_heads) and not k.startswith(keep)) or k.endswith("position_ids") \
+                or k == "cls.predictions.decoder.weight":
             continue
         out[k] = v
+    bias = out.pop("cls.predictions.decoder.bias", None)
+    if bias is not None:
+        out.setdefault("cls.predictions.bias", bias)
     return out
 
 
@@ -131,7 +138,7 @@ def load_pretrained(cls, path, allow_pickle=False, id2label=None, problem_type=N
         cfg.id2label = {int(k): str(v) for k, v in id2label.items()}
     if problem_type is not None:
         cfg.problem_type = problem_type
-    sd = read_tensors(path, allow_pickle, cfg.model_type)
+    sd = read_tensors(path, allow_pickle, cfg.model_type, keep=getattr(cls, "HEAD", ()))
     if cls is Bert or new_head:  # the encoder alone: whatever head the checkpoint has is left behind
         sd = {k: v for k, v in sd.items() if k.startswith(encoder_modules(LAYOUTS[cfg.model_type][1]))}
     model = cls(cfg, pooler="pooler.dense.weight" in sd) if cls is Bert else cls(cfg)

@@ -10,7 +10,8 @@ from minift.errors import MiniftError
 TRAIN_HELP = {
     "eval": "dev set, evaluated after every epoch; the best model by --metric is the one kept in --out",
     "task": "classify (one label per text), multilabel (labels separated by | in CSV/TSV, or a JSON list), "
-            "regression (a number), qa (extractive question answering on SQuAD .json/.jsonl); "
+            "regression (a number), qa (extractive question answering on SQuAD .json/.jsonl), mlm (masked-LM "
+            "adaptation on unlabelled text: .txt, one text per line, or the text column); "
             "each is a file in minift/tasks/",
     "text_column": "column holding the text", "text_pair_column": "column holding the second text of a pair",
     "label_column": "column holding the label",
@@ -19,6 +20,8 @@ TRAIN_HELP = {
     "null_threshold": "qa with --squad-v2: answer nothing when the [CLS] score beats the best span's by more than this",
     "squad_v2": "qa: SQuAD v2.0, where questions may have no answer (empty answers in the data); "
                 "predicts no answer by --null-threshold and scores with the v2.0 evaluation (HasAns/NoAns)",
+    "whole_word_mask": "mlm: mask whole words (every piece of a chosen word) instead of single tokens",
+    "no_pack": "mlm: one text per sequence (truncated) instead of packing the texts into --max-length sequences",
     "epochs": "passes over the training set", "max_steps": "stop after this many optimizer steps (overrides --epochs)",
     "lr": "peak learning rate of AdamW (default by mode: full 5e-5, top-N 1e-4, lora 5e-4, head 1e-3)", "batch_size": "examples per micro-batch",
     "grad_accum": "micro-batches accumulated into one optimizer step",
@@ -35,7 +38,7 @@ TRAIN_HELP = {
     "compile": "torch.compile the training step; auto compiles on GPU only (on a CPU it did not pay, see bench/)",
     "device": "auto (cuda if available), cpu, cuda, cuda:N",
     "metric": "dev metric that picks the kept model: accuracy (default), macro_f1, loss; mse, pearson for regression; "
-              "f1, exact, loss for qa",
+              "f1, exact, loss for qa; loss (default), accuracy, perplexity for mlm",
     "seed": "seed for initialisation, dropout and data order",
 }
 

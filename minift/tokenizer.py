@@ -245,6 +245,14 @@ class Tokenizer:
         enc = self._tok.encode_batch(texts, add_special_tokens=False)
         return [e.ids for e in enc], [e.offsets for e in enc]
 
+    def tokens(self) -> list[str]:
+        """Token strings by id; "" for an id no token has (a vocab.txt listing a token twice keeps the last id)."""
+        vocab = self._tok.get_vocab()
+        out = [""] * (max(vocab.values()) + 1)
+        for t, i in vocab.items():
+            out[i] = t
+        return out
+
     @staticmethod
     def pad(ids_list, type_ids_list, pad_id):
         """Right-pad to the longest sequence: input_ids, attention_mask, token_type_ids as [B, T] LongTensors."""

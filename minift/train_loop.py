@@ -231,12 +231,15 @@ def load_model(task, cfg: RunConfig, id2label, allow_pickle: bool):
         raise MiniftError(f"{cfg.model}: no such model directory")
     before = BertConfig.from_json(Path(cfg.model) / "config.json")
     arch = bert_architecture(json.loads((Path(cfg.model) / "config.json").read_text()))
-    new_head = (arch != task.model.ARCHITECTURE or before.id2label not in (None, id2label)
+    new_head = (arch != task.model.ARCHITECTURE or (id2label is not None and before.id2label not in (None, id2label))
                 or before.problem_type not in (None, task.problem_type))
     net = task.model.from_pretrained(cfg.model, allow_pickle=allow_pickle, id2label=id2label,
                                      problem_type=task.problem_type, new_head=new_head)
     note = (f"{cfg.model}: its head was for {arch} {before.id2label or ''}; starting a new one for {cfg.task} "
             f"{id2label or ''}") if new_head and arch != "BertModel" else None
+    if new_head and arch == "BertModel" and getattr(task.model, "PRETRAINED_HEAD", False):
+        note = (f"{cfg.model}: a bare encoder (architecture BertModel) without the pretrained head of "
+                f"{task.model.ARCHITECTURE}; starting a new one for {cfg.task}")
     tok = Tokenizer.from_dir(cfg.model)
     cfg.max_length = cfg.max_length or min(task.default_max_length, net.config.max_position_embeddings)
     if cfg.max_length > net.config.max_position_embeddings:

@@ -17,6 +17,8 @@ task; they call these members of a task object, and nothing else about it:
   decode(outputs, features, examples, config)  -> what a user reads, one dict per example
 and, where a task has a file format of its own for predictions:
   document(rows)         decode's rows -> the JSON document `predict --output NAME.json` writes
+and, on the model class, where checkpoints usually carry the head already (a masked LM's):
+  PRETRAINED_HEAD = True  train notes when a bare encoder (BertModel) makes it start a new head
 """
 from dataclasses import dataclass
 
@@ -24,6 +26,7 @@ from minift.config import bert_architecture
 from minift.errors import MiniftError
 from minift.tasks.classify import Classify
 from minift.tasks.qa import QA
+from minift.tasks.mlm import MaskedLM
 
 
 @dataclass
@@ -37,10 +40,13 @@ class TaskOptions:
     max_answer_length: int = 30
     null_threshold: float = 0.0
     squad_v2: bool = False
+    whole_word_mask: bool = False  # mlm
+    no_pack: bool = False  # mlm
 
 
 TASKS = {name: Classify(name) for name in ("classify", "multilabel", "regression")}
 TASKS["qa"] = QA()
+TASKS["mlm"] = MaskedLM()
 
 
 def get(name: str):
