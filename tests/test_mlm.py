@@ -380,6 +380,8 @@ def test_bad_inputs(tiny_dir, texts, tmp_path):
         run(tiny_dir, texts, out, text_pair_column="b")
     with pytest.raises(MiniftError, match="--metric 'macro_f1'.*mlm"):
         run(tiny_dir, texts, out, metric="macro_f1")
+    with pytest.raises(MiniftError, match="--max-length 2: a masked LM needs at least 3"):
+        run(tiny_dir, texts, out, max_length=2)
     assert not out.exists()
     run(tiny_dir, (csv, None), out, text_column="review", max_steps=1)  # the text column of a CSV
     assert (out / "model.safetensors").exists()

@@ -154,6 +154,8 @@ class MaskedLM:
         return None
 
     def features(self, ds: Texts, tok, max_length: int, config: BertConfig, opts, log=None) -> Features:
+        if max_length < 3:
+            raise MiniftError(f"--max-length {max_length}: a masked LM needs at least 3 ([CLS], a token, [SEP])")
         tokens = tok.tokens()
         if len(tokens) > config.vocab_size:
             raise MiniftError(f"the tokenizer's ids go up to {len(tokens) - 1} but the model has {config.vocab_size} "
@@ -172,7 +174,8 @@ class MaskedLM:
         return f
 
     def batch(self, f: Features, idx: list[int], pad_id: int) -> dict:
-        """Rows idx, padded; with labels [B, T] (-100 where nothing is to be predicted) when masks are drawn.
+        """Rows idx, padded; with labels [B, T] (-100 where nothing is to be predicted) when masks are drawn,
+        else with predict_at [B, T], where the texts hold [MASK] (read by outputs, not by the model).
 
         Masks are drawn here, per batch, rather than once with the features, so that every epoch masks
         anew. In training they come from torch's global generator: train() seeds it, and the checkpoint
