@@ -25,8 +25,6 @@ from minift.tasks.mlm import BertForMaskedLM, Texts, mask_tokens, pack
 from minift.tokenizer import Tokenizer
 from minift.train_loop import train
 
-transformers = pytest.importorskip("transformers")
-
 WORDS = ("the movie film story plot good bad great awful love hate fun boring funny sad happy dull fine "
          "best worst not very really i you we it was is zebra quixotic blurb").split()  # the last three: pieces
 FAST = dict(precision="fp32", compile="off", device="cpu", max_length=24, task="mlm")
@@ -43,7 +41,12 @@ def write_txt(path, n, seed=0):
     return path
 
 
-def hf_mlm_dir(tmp_path, config, seed=0):
+@pytest.fixture
+def transformers():
+    return pytest.importorskip("transformers")
+
+
+def hf_mlm_dir(transformers, tmp_path, config, seed=0):
     """A transformers BertForMaskedLM with random weights (a random output bias too), saved."""
     torch.manual_seed(seed)
     hf = transformers.BertForMaskedLM(config).eval()
@@ -84,7 +87,8 @@ def check_parity(hf, ours, batch):
     torch.testing.assert_close(loss, a.loss, rtol=1e-5, atol=1e-5)
     a.loss.backward()
     loss.backward()
-    pairs = {"embeddings.word_embeddings": ours.bert.embeddings.word, "encoder.layer.0.output.dense": ours.bert.layers[0].proj,
+    pairs = {"embeddings.word_embeddings": ours.bert.embeddings.word,
+             "encoder.layer.0.output.dense": ours.bert.layers[0].proj,
              "cls.predictions.transform.dense": ours.cls["predictions"].transform.dense,
              "cls.predictions.transform.LayerNorm": ours.cls["predictions"].transform.LayerNorm}
     for name, mod in pairs.items():
@@ -94,15 +98,15 @@ def check_parity(hf, ours, batch):
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
-def test_parity_random_configs(name, tmp_path):
-    d = hf_mlm_dir(tmp_path, transformers.BertConfig(hidden_dropout_prob=0, attention_probs_dropout_prob=0,
-                                                     **CONFIGS[name]))
+def test_parity_random_configs(name, transformers, tmp_path):
+    config = transformers.BertConfig(hidden_dropout_prob=0, attention_probs_dropout_prob=0, **CONFIGS[name])
+    d = hf_mlm_dir(transformers, tmp_path, config)
     hf = transformers.BertForMaskedLM.from_pretrained(d).eval()
     ours = BertForMaskedLM.from_pretrained(d).eval()
     check_parity(hf, ours, random_batch(CONFIGS[name]["vocab_size"], seed=1))
 
 
-def test_parity_minilm(minilm_dir, tmp_path):
+def test_parity_minilm(minilm_dir, transformers, tmp_path):
     """MiniLM's encoder (it has no MLM head: transformers initialises one, which is saved and read back)."""
     torch.manual_seed(0)
     hf = transformers.BertForMaskedLM.from_pretrained(minilm_dir).eval()
@@ -113,9 +117,9 @@ def test_parity_minilm(minilm_dir, tmp_path):
     check_parity(hf, ours, random_batch(hf.config.vocab_size, seed=2, T=9))
 
 
-def test_legacy_checkpoint_with_untied_copies_and_nsp_head(tmp_path):
+def test_legacy_checkpoint_with_untied_copies_and_nsp_head(transformers, tmp_path):
     """Older files store the tied decoder (weight and bias) and the next-sentence head: all read correctly."""
-    d = hf_mlm_dir(tmp_path, transformers.BertConfig(**CONFIGS["gelu"]))
+    d = hf_mlm_dir(transformers, tmp_path, transformers.BertConfig(**CONFIGS["gelu"]))
     sd = load_file(d / "model.safetensors")
     assert not any(k.startswith("cls.predictions.decoder") for k in sd)  # what transformers writes today
     sd["cls.predictions.decoder.weight"] = sd["bert.embeddings.word_embeddings.weight"].clone()
@@ -266,7 +270,7 @@ def test_memorises_a_small_batch(tiny_dir, tmp_path):
     assert rows[0]["dev_loss"] > 0.5 and rows[-1]["dev_accuracy"] == 1.0 and rows[-1]["dev_loss"] < 0.1
 
 
-def test_saved_output_loads_in_transformers_tied(tiny_dir, texts, trained, tmp_path):
+def test_saved_output_loads_in_transformers_tied(tiny_dir, texts, trained, transformers, tmp_path):
     out, _, log = trained
     assert "starting a new one for mlm" in log  # tiny-bert is a classifier: no MLM head to keep
     saved = load_file(out / "model.safetensors")
