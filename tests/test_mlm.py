@@ -419,3 +419,10 @@ def test_resume_is_bit_identical(tiny_dir, texts, trained, tmp_path, monkeypatch
     ra = [json.loads(x) for x in (a / "metrics.jsonl").read_text().splitlines()]
     rb = [json.loads(x) for x in (b / "metrics.jsonl").read_text().splitlines()]
     assert rb == ra[len(ra) - len(rb):] and rb
+
+
+def test_other_families_refused():
+    from minift.config import BertConfig
+    with pytest.raises(MiniftError, match="--task mlm is implemented for BERT checkpoints.*'roberta'"):
+        BertForMaskedLM(BertConfig(model_type="roberta", vocab_size=50, hidden_size=16, num_hidden_layers=1,
+                                   num_attention_heads=2, intermediate_size=20))
