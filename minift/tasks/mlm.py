@@ -88,9 +88,11 @@ class BertForMaskedLM(nn.Module):
         return logits, F.cross_entropy(logits.float(), labels[where])
 
     @classmethod
-    def from_pretrained(cls, path, allow_pickle: bool = False, new_head: bool = False, **_) -> "BertForMaskedLM":
+    def from_pretrained(cls, path, allow_pickle: bool = False, id2label=None, problem_type=None,
+                        new_head: bool = False) -> "BertForMaskedLM":
         """A masked LM from a Hugging Face directory: its cls.predictions when the checkpoint has them and
-        new_head is False, else a fresh head (BERT's initialisation). Label settings (**_) do not apply."""
+        new_head is False, else a fresh head (BERT's initialisation). id2label and problem_type are taken
+        as every task model takes them, and are None for a masked LM: it has no labels."""
         from minift.checkpoint import load_pretrained
         model = load_pretrained(cls, path, allow_pickle=allow_pickle, new_head=new_head)
         model.config.id2label = model.config.problem_type = None  # a classifier's settings, if it was one
