@@ -11,8 +11,8 @@ TRAIN_HELP = {
     "eval": "dev set, evaluated after every epoch; the best model by --metric is the one kept in --out",
     "task": "classify (one label per text), multilabel (labels separated by | in CSV/TSV, or a JSON list), "
             "regression (a number), qa (extractive question answering on SQuAD .json/.jsonl), mlm (masked-LM "
-            "adaptation on unlabelled text: .txt, one text per line, or the text column); "
-            "each is a file in minift/tasks/",
+            "adaptation on unlabelled text: .txt, one text per line, or the text column), tag (a tag per word: "
+            "part of speech, named entities); each is a file in minift/tasks/",
     "text_column": "column holding the text", "text_pair_column": "column holding the second text of a pair",
     "label_column": "column holding the label",
     "doc_stride": "qa: tokens by which a long context's windows overlap",
@@ -22,6 +22,8 @@ TRAIN_HELP = {
                 "predicts no answer by --null-threshold and scores with the v2.0 evaluation (HasAns/NoAns)",
     "whole_word_mask": "mlm: mask whole words (every piece of a chosen word) instead of single tokens",
     "no_pack": "mlm: one text per sequence (truncated) instead of packing the texts into --max-length sequences",
+    "format": "tag: conll (token ... tag per line), jsonl ({\"tokens\": [...], \"tags\": [...]}) or wordtag "
+              "(word/TAG sentences); default by extension: .conll conll, .jsonl jsonl, .txt wordtag",
     "epochs": "passes over the training set", "max_steps": "stop after this many optimizer steps (overrides --epochs)",
     "lr": "peak learning rate of AdamW (default by mode: full 5e-5, top-N 1e-4, lora 5e-4, head 1e-3)", "batch_size": "examples per micro-batch",
     "grad_accum": "micro-batches accumulated into one optimizer step",
@@ -38,7 +40,8 @@ TRAIN_HELP = {
     "compile": "torch.compile the training step; auto compiles on GPU only (on a CPU it did not pay, see bench/)",
     "device": "auto (cuda if available), cpu, cuda, cuda:N",
     "metric": "dev metric that picks the kept model: accuracy (default), macro_f1, loss; mse, pearson for regression; "
-              "f1, exact, loss for qa; loss (default), accuracy, perplexity for mlm",
+              "f1, exact, loss for qa; loss (default), accuracy, perplexity for mlm; tag: accuracy (default), "
+              "loss, and f1, precision, recall when the tags are chunk tags (B-/I-/E-/S-, O)",
     "seed": "seed for initialisation, dropout and data order",
 }
 
@@ -133,7 +136,7 @@ def read_inputs(args, task, tok, opts):
             raise MiniftError(f"{len(texts)} text(s) or question(s) but {len(pairs)} --context: give one each")
         return task.from_texts(texts, pairs, tok)
     path = Path(args.input)
-    if path.suffix.lower() == ".txt":
+    if path.suffix.lower() == ".txt" and not opts.format:  # with --format, a file the task reads
         return task.from_texts(read_txt(path), None, tok)
     examples = task.read(path, opts, labelled=False)
     if getattr(examples, "skipped_empty", 0):  # the output then has fewer rows than the file: say why

@@ -253,6 +253,31 @@ class Tokenizer:
             out[i] = t
         return out
 
+    def word_spans(self, text: str) -> list[tuple[int, int]]:
+        """The words the pre-tokenizer splits `text` into, as (start, end) character offsets into it."""
+        spans = {}
+        e = self._tok.encode(text, add_special_tokens=False)
+        for w, (s, t) in zip(e.word_ids, e.offsets):
+            spans[w] = (spans.get(w, (s, t))[0], t)
+        return [spans[w] for w in sorted(spans)]
+
+    def encode_words(self, sentences: list[list[str]]) -> list[list[list[int]]]:
+        """Pre-tokenized sentences -> per sentence, per word, its WordPiece ids (no special tokens): the pieces
+        BertTokenizerFast(words, is_split_into_words=True) gives that word. A word the normalizer removes
+        entirely (a zero-width space) becomes [UNK] rather than vanish with its tag."""
+        if not isinstance(self._tok.model, WordPiece):  # BPE's word-initial pieces depend on add_prefix_space
+            raise MiniftError(f"tagging given words needs a WordPiece tokenizer (BERT, DistilBERT, ELECTRA); this "
+                              f"model's is {type(self._tok.model).__name__}, not supported for tagging yet")
+        unk = self._tok.token_to_id(self.specials["unk"])
+        out = []
+        encoded = self._tok.encode_batch(sentences, is_pretokenized=True, add_special_tokens=False)
+        for words, e in zip(sentences, encoded):
+            pieces = [[] for _ in words]
+            for i, w in zip(e.ids, e.word_ids):
+                pieces[w].append(i)
+            out.append([p or [unk] for p in pieces])
+        return out
+
     @staticmethod
     def pad(ids_list, type_ids_list, pad_id):
         """Right-pad to the longest sequence: input_ids, attention_mask, token_type_ids as [B, T] LongTensors."""

@@ -27,6 +27,7 @@ from minift.errors import MiniftError
 from minift.tasks.classify import Classify
 from minift.tasks.qa import QA
 from minift.tasks.mlm import MaskedLM
+from minift.tasks.tag import Tag
 
 
 @dataclass
@@ -42,11 +43,13 @@ class TaskOptions:
     squad_v2: bool = False
     whole_word_mask: bool = False  # mlm
     no_pack: bool = False  # mlm
+    format: str | None = None  # tag: conll, jsonl or wordtag; None: by the file's extension
 
 
 TASKS = {name: Classify(name) for name in ("classify", "multilabel", "regression")}
 TASKS["qa"] = QA()
 TASKS["mlm"] = MaskedLM()
+TASKS["tag"] = Tag()
 
 
 def get(name: str):
