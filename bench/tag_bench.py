@@ -58,7 +58,8 @@ def hf_step(id2label, dev, amp):
     transformers.logging.set_verbosity_error()
     torch.manual_seed(0)
     net = transformers.BertForTokenClassification.from_pretrained(
-        MODEL, id2label=id2label, label2id={v: k for k, v in id2label.items()}, attn_implementation="sdpa").to(dev).train()
+        MODEL, id2label=id2label, label2id={v: k for k, v in id2label.items()}, attn_implementation="sdpa")
+    net = net.to(dev).train()
     named = list(net.named_parameters())  # Trainer's groups: no decay on biases and LayerNorm
     opt = torch.optim.AdamW([{"params": [p for n, p in named if p.ndim >= 2], "weight_decay": WD},
                              {"params": [p for n, p in named if p.ndim < 2], "weight_decay": 0.0}], lr=LR)
@@ -117,8 +118,9 @@ def main():
                 torch.cuda.synchronize()
             times[name].append(time.perf_counter() - t)
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
-    print(f"\n{torch.cuda.get_device_name(dev) if dev.type == 'cuda' else cpu}, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}, {'bf16' if amp else 'fp32'}; {args.steps} steps of {BATCH} x {args.repeats} repeats\n")
+    where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu
+    print(f"\n{where}, {torch.get_num_threads()} threads, torch {torch.__version__}, {'bf16' if amp else 'fp32'}; "
+          f"{args.steps} steps of {BATCH} x {args.repeats} repeats\n")
     print("| system | real tok/s (median) | min-max | vs transformers |\n|---|---:|---:|---:|")
     ref = tokens[next(iter(units))] / statistics.median(times[next(iter(units))])
     for name, ts in times.items():

@@ -220,9 +220,12 @@ SEQEVAL_CASES = [
     ([["O", "O"]], [["B-PER", "O"]]),  # predictions where there are none
     ([["I-PER", "I-PER", "O", "I-LOC"]], [["B-PER", "I-PER", "O", "B-LOC"]]),  # I- without B- (IOB1-like)
     ([["B-PER", "I-LOC", "I-LOC", "O"]], [["B-PER", "B-LOC", "I-LOC", "O"]]),  # type switching mid-chunk
-    ([["B-ORG", "I-ORG", "B-LOC", "I-ORG", "I-ORG"]], [["B-ORG", "I-ORG", "I-LOC", "I-ORG", "I-ORG"]]),  # nested-looking
-    ([["B-PER", "B-PER", "I-PER"], ["I-PER", "O"]], [["B-PER", "I-PER", "I-PER"], ["B-PER", "O"]]),  # B after B; across sentences
-    ([["S-PER", "O", "B-LOC", "I-LOC", "E-LOC", "S-ORG"]], [["S-PER", "O", "B-LOC", "E-LOC", "E-LOC", "B-ORG"]]),  # BIOES
+    # nested-looking
+    ([["B-ORG", "I-ORG", "B-LOC", "I-ORG", "I-ORG"]], [["B-ORG", "I-ORG", "I-LOC", "I-ORG", "I-ORG"]]),
+    # B after B; two sentences, an I- starting the second
+    ([["B-PER", "B-PER", "I-PER"], ["I-PER", "O"]], [["B-PER", "I-PER", "I-PER"], ["B-PER", "O"]]),
+    # BIOES
+    ([["S-PER", "O", "B-LOC", "I-LOC", "E-LOC", "S-ORG"]], [["S-PER", "O", "B-LOC", "E-LOC", "E-LOC", "B-ORG"]]),
     ([["E-LOC", "I-LOC", "S-LOC", "E-LOC"]], [["B-LOC", "E-LOC", "I-LOC", "B-LOC"]]),  # BIOES out of order
     ([["B-MISC-X", "I-MISC-X", "O"]], [["B-MISC-X", "I-MISC", "O"]]),  # hyphens inside a type
 ]
@@ -265,8 +268,8 @@ def test_awkward_files_read_right(tmp_path):
     (tmp_path / "a.txt").write_text("\n\n".join("\n".join(f"{w} {t}" for w, t in zip(ws, ts))
                                                 for ws, ts in zip(want, tags)))
     # JSON Lines with a BOM, CRLF and blank lines; word/TAG with a BOM, CRLF, tabs and a '/' inside a word
-    (tmp_path / "a.jsonl").write_bytes(("\ufeff" + "\r\n\r\n".join(json.dumps({"tokens": ws, "tags": ts})
-                                                                   for ws, ts in zip(want, tags)) + "\r\n\r\n").encode())
+    lines = [json.dumps({"tokens": ws, "tags": ts}) for ws, ts in zip(want, tags)]
+    (tmp_path / "a.jsonl").write_bytes(("\ufeff" + "\r\n\r\n".join(lines) + "\r\n\r\n").encode())
     (tmp_path / "w.txt").write_bytes("\ufeffAnd/CC and/or/CC 1/2/CD\tcup/NN ./.\r\n\r\n  \r\nYes/UH\r\n".encode())
     for name, fmt in (("a.conll", None), ("a.txt", "conll"), ("a.jsonl", None)):
         ds = read_tagged(tmp_path / name, fmt)
@@ -347,7 +350,8 @@ def test_memorises_a_small_tagged_batch(tiny_dir, tmp_path):
 @pytest.fixture(scope="module")
 def tag_data(tmp_path_factory):
     d = tmp_path_factory.mktemp("tagdata")
-    return write_conll(d / "train.conll", tagged_sentences(40, seed=1)), write_conll(d / "dev.conll", tagged_sentences(12, seed=2))
+    return (write_conll(d / "train.conll", tagged_sentences(40, seed=1)),
+            write_conll(d / "dev.conll", tagged_sentences(12, seed=2)))
 
 
 def run(tiny_dir, data, out, **kw):
