@@ -39,7 +39,7 @@ demo: $(MINILM)/model.safetensors data/polarity/train.csv
 
 demo-tag: $(MINILM)/model.safetensors data/pos/train.txt
 	$(BIN)/minift train --task tag --model $(MINILM) --train data/pos/train.txt --eval data/pos/dev.txt \
-		--out runs/pos --overwrite --epochs 1
+		--out runs/pos --overwrite --epochs 1 --lr 2e-4
 	$(BIN)/minift eval --model runs/pos --data data/pos/test.txt
 	$(BIN)/minift predict --model runs/pos "Barack Obama visited Paris ." "The old man the boats ." \
 		"I saw her duck under the table ."

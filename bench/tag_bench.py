@@ -101,13 +101,14 @@ def main():
     systems = {"transformers: random order, pad to longest": (hf_step, same, theirs),
                "minift: the same batches": (minift_step, same, ours),
                "minift: bucketed, pad to longest": (minift_step, bucketed, ours)}
-    units, tokens = {}, {}
+    units, tokens, pad = {}, {}, {}
     for name, (make, batches, collate) in systems.items():
         step = make(id2label, dev, amp)
         for idx in batches[:2]:
             step({k: v.to(dev) for k, v in collate(idx).items()})
         timed = batches[2:]
         tokens[name] = sum(len(f.ids[i]) for idx in timed for i in idx)
+        pad[name] = 1 - tokens[name] / sum(len(idx) * max(len(f.ids[i]) for i in idx) for idx in timed)
         units[name] = lambda s=step, c=collate, tb=timed: [s({k: v.to(dev) for k, v in c(idx).items()}) for idx in tb]
     times = {k: [] for k in units}
     for _ in range(args.repeats):  # alternating, so that a change in the machine's load hits all alike
@@ -121,12 +122,13 @@ def main():
     where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu
     print(f"\n{where}, {torch.get_num_threads()} threads, torch {torch.__version__}, {'bf16' if amp else 'fp32'}; "
           f"{args.steps} steps of {BATCH} x {args.repeats} repeats\n")
-    print("| system | real tok/s (median) | min-max | vs transformers |\n|---|---:|---:|---:|")
+    print("| system | padding | real tok/s (median) | min-max | vs transformers |\n|---|---:|---:|---:|---:|")
     ref = tokens[next(iter(units))] / statistics.median(times[next(iter(units))])
     for name, ts in times.items():
         rates = [tokens[name] / t for t in ts]
         med = tokens[name] / statistics.median(ts)
-        print(f"| {name} | {med:,.0f} | {min(rates):,.0f}-{max(rates):,.0f} | {med / ref:.2f}x |")
+        print(f"| {name} | {100 * pad[name]:.0f}% | {med:,.0f} | {min(rates):,.0f}-{max(rates):,.0f} "
+              f"| {med / ref:.2f}x |")
 
 
 if __name__ == "__main__":
