@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from minift.config import BertConfig
 from minift.data import length_batches
 from minift.tasks.tag import BertTagger, Tag, read_tagged
 from minift.tokenizer import Tokenizer
@@ -34,14 +35,9 @@ def features():
     task, tok = Tag(), Tokenizer.from_dir(MODEL)
     ds = read_tagged(DATA)
     id2label = task.label_names(ds)
-    return task, tok, id2label, task.features(ds, tok, MAX_LEN, BertTagger(_config(id2label)).config, None)
-
-
-def _config(id2label):
-    from minift.config import BertConfig
-    cfg = BertConfig.from_json(MODEL)
-    cfg.id2label = id2label
-    return cfg
+    config = BertConfig.from_json(MODEL)
+    config.id2label = id2label
+    return task, tok, id2label, task.features(ds, tok, MAX_LEN, config, None)
 
 
 def minift_step(id2label, dev, amp):
