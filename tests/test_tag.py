@@ -180,7 +180,7 @@ def test_windows_own_every_word_once():
     assert [own for _, _, own in parts] == [[0, 1, 2], [3, 4], [5, 6], [7, 8, 9]]
 
 
-def test_long_sentences_are_predicted_word_by_word_in_windows(tiny_dir, tmp_path, capsys):
+def test_long_sentences_are_predicted_word_by_word_in_windows(tiny_dir, tmp_path):
     """A sentence of 60 words at --max-length 12 (10 pieces a window): every word gets exactly one tag,
     from the window where it has the most context, and the logits it gets are that window's."""
     sentences = tagged_sentences(3, seed=4, lengths=(55, 60)) + tagged_sentences(3, seed=5)
