@@ -262,11 +262,11 @@ class Tag:
         gold = tag_ids(ds, names) if ds.tags is not None else None
         budget = max_length - 2  # [CLS] and [SEP]
         f = Features([], [] if gold is not None else None, [], [], [len(w) for w in ds.words], gold, names)
-        split = 0
+        split = []  # windows per sentence that needed more than one
         for s, pieces in enumerate(tok.encode_words(ds.words)):
             pieces = [p[:budget] for p in pieces]  # a word longer than a window keeps its first pieces
             parts = windows([len(p) for p in pieces], budget)
-            split += len(parts) > 1
+            split += [len(parts)] if len(parts) > 1 else []
             for a, b, own in parts:
                 ids, owned = [tok.cls_id], []
                 for w in range(a, b):
@@ -283,8 +283,8 @@ class Tag:
                         labels[pos] = gold[s][w]
                     f.labels.append(labels)
         if split and log is not None:
-            print(f"{ds.path}: {split} of {len(ds.words)} sentences are longer than {max_length} tokens; "
-                  f"split into {len(f.ids) - len(ds.words) + split} overlapping windows", file=log)
+            print(f"{ds.path}: {len(split)} of {len(ds.words)} sentences are longer than {max_length} tokens; "
+                  f"split into {sum(split)} overlapping windows", file=log)
         return f
 
     def batch(self, f: Features, idx: list[int], pad_id: int) -> dict:
