@@ -1,6 +1,7 @@
 """Token tagging (part of speech, named entities): one tag per word.
 
-The head is BertForTokenClassification's: dropout and a linear layer on every token's hidden state.
+The head is BertForTokenClassification's: dropout and a linear layer on every token's hidden state
+(the same in RoBERTa's, DistilBERT's and ELECTRA's; tagging given words needs a WordPiece tokenizer).
 Words are split into WordPieces; a word's tag trains on, and is predicted from, its first piece; the
 other pieces, [CLS] and [SEP] are ignored by the loss (label -100). A sentence longer than
 --max-length is cut into overlapping windows of whole words, and each word belongs to the one window
@@ -42,6 +43,9 @@ class BertTagger(nn.Module):
 
     def __init__(self, config: BertConfig):
         super().__init__()
+        if config.pre_norm:
+            raise MiniftError("tagging with ModernBERT is not implemented (its token head has a dense layer, an "
+                              "activation and a norm before the classifier)")
         self.config = config
         self.bert = Bert(config, pooler=False)
         p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
@@ -223,7 +227,8 @@ def windows(lengths: list[int], budget: int) -> list[tuple[int, int, list[int]]]
 
 @dataclass
 class Features:
-    ids: list[list[int]]  # per window: [CLS] pieces [SEP]
+    ids: list[list[int]]  # per window: [CLS] pieces [SEP] (or the family's special tokens)
+    types: list[list[int]]
     labels: list[list[int]] | None  # per window, per token: the tag id at an owned word's first piece, else -100
     sentence: list[int]  # per window: the sentence it comes from
     owned: list[list[tuple[int, int]]]  # per window: (token position, word) of the words it predicts
@@ -260,21 +265,23 @@ class Tag:
                               "follow no chunk scheme (O and B-/I-/E-/S-TYPE), so there are no entities to score; "
                               "use --metric accuracy")
         gold = tag_ids(ds, names) if ds.tags is not None else None
-        budget = max_length - 2  # [CLS] and [SEP]
-        f = Features([], [] if gold is not None else None, [], [], [len(w) for w in ds.words], gold, names)
+        budget = max_length - tok.n_specials(pair=False)  # [CLS] and [SEP]
+        lead = [piece for piece, _ in tok.single].index("A")  # special tokens before the text: [CLS]
+        f = Features([], [], [] if gold is not None else None, [], [], [len(w) for w in ds.words], gold, names)
         split = []  # windows per sentence that needed more than one
         for s, pieces in enumerate(tok.encode_words(ds.words)):
             pieces = [p[:budget] for p in pieces]  # a word longer than a window keeps its first pieces
             parts = windows([len(p) for p in pieces], budget)
             split += [len(parts)] if len(parts) > 1 else []
             for a, b, own in parts:
-                ids, owned = [tok.cls_id], []
+                body, owned = [], []
                 for w in range(a, b):
                     if w in own:
-                        owned.append((len(ids), w))
-                    ids += pieces[w]
-                ids.append(tok.sep_id)
+                        owned.append((lead + len(body), w))
+                    body += pieces[w]
+                ids, types = tok.with_specials(body)
                 f.ids.append(ids)
+                f.types.append(types)
                 f.sentence.append(s)
                 f.owned.append(owned)
                 if gold is not None:
@@ -289,7 +296,7 @@ class Tag:
 
     def batch(self, f: Features, idx: list[int], pad_id: int) -> dict:
         from minift.tokenizer import Tokenizer
-        b = Tokenizer.pad([f.ids[i] for i in idx], [[0] * len(f.ids[i]) for i in idx], pad_id)
+        b = Tokenizer.pad([f.ids[i] for i in idx], [f.types[i] for i in idx], pad_id)
         if f.labels is not None:
             T = b["input_ids"].shape[1]
             b["labels"] = torch.tensor([f.labels[i] + [IGNORE] * (T - len(f.labels[i])) for i in idx],
