@@ -21,14 +21,14 @@ def pick_precision(precision: str, device: torch.device) -> torch.dtype | None:
     """Autocast dtype for `precision` ('auto', 'fp32', 'bf16', 'fp16'); None means plain fp32.
 
     Weights, gradients and optimizer state stay fp32 in every case: autocast only runs the
-    matmuls in the low precision, so no master copy has to be kept by hand."""
+    matmuls in the low precision, so no master copy has to be kept by hand. fp16 trains with a
+    GradScaler (loss scaling), on a GPU or a CPU; on a CPU without fp16 instructions it is slow,
+    so auto never picks it there."""
     if precision == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         # bf16 pays on CPUs with native bf16 instructions (AVX512-BF16, AMX); elsewhere it is emulated and slow.
         return torch.bfloat16 if cpu_has_bf16() else None
-    if precision == "fp16" and device.type != "cuda":
-        raise MiniftError("--precision fp16 needs a CUDA GPU (its loss scaling is a GPU feature); use bf16 or fp32")
     if precision not in ("fp32", "bf16", "fp16"):
         raise MiniftError(f"--precision {precision!r}: expected auto, fp32, bf16 or fp16")
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
