@@ -13,6 +13,8 @@ maps the names). The descendants differ in a few places, each switched by a Bert
   ModernBERT                 pre-LayerNorm without biases, rotary positions, GeGLU, sliding-window
                              attention on some layers, a final LayerNorm (Layer, Bert.encode)
 """
+import platform
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -45,15 +47,37 @@ class Dropout(nn.Dropout):
         return dropout(x, self.p) if self.training and self.p > 0 else x
 
 
-def attention(q, k, v, mask, p_drop: float):
+# Where SDPA's fused CPU kernel beat the written-out formula in inference (no dropout), by CPU class and
+# dtype (bench/kernels.py, bench/README.md). Training always writes it out on a CPU: SDPA has no fused
+# CPU kernel with dropout.
+SDPA_CPU_INFERENCE = {"AMX": (torch.float32, torch.bfloat16)}
+
+
+def cpu_class() -> str:
+    """AMX, AVX-512+bf16, AVX-512 or AVX2-only (or the machine's name), from /proc/cpuinfo."""
+    try:
+        flags = set(next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split())
+    except (OSError, StopIteration):
+        return platform.machine()
+    return next((name for flag, name in (("amx_bf16", "AMX"), ("avx512_bf16", "AVX-512+bf16"), ("avx512f", "AVX-512"),
+                                         ("avx2", "AVX2-only")) if flag in flags), platform.machine())
+
+
+CPU_CLASS = cpu_class()
+
+
+def attention(q, k, v, mask, p_drop: float, sdpa: bool | None = None):
     """softmax(q k^T / sqrt(hd) + mask) v with dropout on the probabilities.
     q [B, nh, Tq, hd]; k, v [B, nh, T, hd]; mask [B or 1, 1, 1 or Tq, T] bool (True = attend) or None
     -> [B, nh, Tq, hd].
 
     GPUs take SDPA's fused kernels. On CPU the same formula written out is faster for BERT's
-    short sequences: SDPA's fused CPU kernel has no dropout, and its fallback does more passes
-    over the [B, nh, Tq, T] scores (bench/README.md). tests/ check the two paths agree."""
-    if q.is_cuda:
+    short sequences in training: SDPA's fused CPU kernel has no dropout, and its fallback does more
+    passes over the [B, nh, Tq, T] scores (bench/README.md). In inference the choice is by CPU class
+    (SDPA_CPU_INFERENCE); sdpa=True or False forces a path. tests/ check the two paths agree."""
+    if sdpa is None:
+        sdpa = q.is_cuda or (p_drop == 0 and q.dtype in SDPA_CPU_INFERENCE.get(CPU_CLASS, ()))
+    if sdpa:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p_drop)
     B, nh, Tq, hd = q.shape
     T = k.size(2)

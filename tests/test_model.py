@@ -205,3 +205,55 @@ def test_dropout_keeps_expectation():
     assert abs((y == 0).float().mean().item() - 0.25) < 0.01
     assert torch.allclose(y[y != 0], torch.full_like(y[y != 0], 1 / 0.75))
     assert torch.equal(d.eval()(torch.ones(5)), torch.ones(5))
+
+
+def test_sdpa_branch_forced_on_cpu_matches_written_out():
+    """attention(sdpa=True), the GPU path (and the CPU inference path where SDPA_CPU_INFERENCE says so),
+    forced on the CPU against the written-out formula: boolean mask, every query and the single [CLS]
+    query, fp32 within 1e-6."""
+    from minift.model import attention
+    g = torch.Generator().manual_seed(3)
+    k, v = (torch.randn(4, 3, 11, 8, generator=g) for _ in range(2))
+    m = torch.ones(4, 11, dtype=torch.bool)
+    m[1, 4:], m[3, 9:] = False, False
+    mask = m[:, None, None, :]
+    for q in (torch.randn(4, 3, 11, 8, generator=g), torch.randn(4, 3, 1, 8, generator=g)):
+        assert close(attention(q, k, v, mask, 0.0, sdpa=True), attention(q, k, v, mask, 0.0, sdpa=False), 1e-6)
+
+
+def test_model_with_sdpa_inference_path_matches(minilm_dir, monkeypatch):
+    """The whole classifier, inference through SDPA (as chosen per CPU class) against the written-out path."""
+    import minift.model
+    net = BertClassifier.from_pretrained(minilm_dir, id2label={0: "a", 1: "b"}).eval()
+    ids = torch.randint(1000, 30000, (3, 13), generator=torch.Generator().manual_seed(4))
+    mask = torch.ones_like(ids)
+    mask[0, 5:], mask[2, 10:] = 0, 0
+    with torch.no_grad():
+        monkeypatch.setattr(minift.model, "SDPA_CPU_INFERENCE", {})
+        written = net(ids, mask)
+        monkeypatch.setattr(minift.model, "SDPA_CPU_INFERENCE", {minift.model.CPU_CLASS: (torch.float32,)})
+        assert close(net(ids, mask), written, 1e-5)
+
+
+@pytest.mark.parametrize("sdpa", [True, False], ids=["sdpa", "written-out"])
+def test_attention_dropout_statistics(sdpa):
+    """Dropout on the probabilities, read out through v = identity: each probability is kept with chance
+    1 - p and then scaled by 1 / (1 - p), padded keys stay 0, and the mean over draws is the probability
+    without dropout. 4,000 draws: the dropped fraction within 0.01 of p (its sd is 0.0005), the mean within
+    5% + 0.01 (at least 5 sd: the mean of a probability near 1 has an sd of 1%)."""
+    from minift.model import attention
+    torch.manual_seed(0)
+    p, T = 0.3, 8
+    q, k = torch.randn(2, 2, T, T), torch.randn(2, 2, T, T)
+    v = torch.eye(T).expand(2, 2, T, T)  # output row = the dropped-out probability row
+    mask = torch.ones(2, 1, 1, T, dtype=torch.bool)
+    mask[1, ..., 5:] = False
+    ref = attention(q, k, v, mask, 0.0, sdpa=False)
+    draws = torch.stack([attention(q, k, v, mask, p, sdpa=sdpa) for _ in range(4000)])  # [4000, 2, 2, T, T]
+    real = mask.expand_as(ref).expand_as(draws)
+    assert (draws[~real] == 0).all()
+    zero = (draws[real] == 0).float().mean().item()
+    assert abs(zero - p) < 0.01
+    kept = draws[real & (draws != 0)]
+    assert torch.allclose(kept, ref.expand_as(draws)[real & (draws != 0)] / (1 - p), rtol=1e-5)
+    assert torch.allclose(draws.mean(0)[mask.expand_as(ref)], ref[mask.expand_as(ref)], rtol=0.05, atol=0.01)
