@@ -36,7 +36,8 @@ TRAIN_HELP = {
     "mode": "full (every layer trains), head (pooler and classifier only), top-N (last N layers + head), "
             "lora (low-rank adapters, merged into the weights on save)",
     "lora_rank": "rank of the LoRA adapters", "lora_alpha": "LoRA scale numerator (scale = alpha / rank)",
-    "precision": "auto picks bf16 where the CPU or GPU supports it, else fp32; fp16 (with loss scaling) is GPU only",
+    "precision": "auto picks bf16 where the CPU or GPU supports it, else fp32; fp16 trains with loss scaling "
+                 "(meant for GPUs without bf16; it runs on a CPU too, slowly)",
     "compile": "torch.compile the training step; auto compiles on GPU only (on a CPU it did not pay, see bench/)",
     "device": "auto (cuda if available), cpu, cuda, cuda:N",
     "metric": "dev metric that picks the kept model: accuracy (default), macro_f1, loss; mse, pearson for regression; "
@@ -67,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--max-length", type=int, default=256, help="tokens per text (256, as sentence-transformers "
                                                                 "uses for all-MiniLM-L6-v2)")
     e.add_argument("--batch-size", type=int, default=64)
+    add_quantize(e)
     add_allow_pickle(e)
 
     t = sub.add_parser("train", help="fine-tune a BERT classifier or regressor")
@@ -99,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--max-length", type=int, help="default: the length the model was trained with")
         q.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
         q.add_argument("--device", default="auto")
+        add_quantize(q)
         add_allow_pickle(q)
     return p
 
@@ -116,6 +119,11 @@ def add_fields(parser, dataclass, skip=()):
         typ = types.get(field.name) or {int: int, float: float}.get(type(field.default), str)
         help_ = TRAIN_HELP[field.name] + (f" (default {field.default})" if field.default is not None else "")
         parser.add_argument(flag, type=typ, default=field.default, help=help_)
+
+
+def add_quantize(parser):
+    parser.add_argument("--quantize", choices=["int8"], help="int8: int8 matmul weights per output channel, "
+                        "activations quantised per batch; CPU only, inference only (see README)")
 
 
 def add_allow_pickle(parser):
@@ -196,7 +204,7 @@ def run(args):
         from minift.predict import embed
         texts = read_texts(args)
         vectors = embed(args.model, texts, batch_size=args.batch_size, max_length=args.max_length,
-                        allow_pickle=args.allow_pickle)
+                        allow_pickle=args.allow_pickle, quantize=args.quantize)
         if args.output and args.output.endswith(".npy"):
             import numpy as np
             from minift.checkpoint import atomic_write
@@ -215,7 +223,8 @@ def run(args):
         model, tok, task = load(args.model, args.device, args.allow_pickle)
         opts = task_options(options_of(args))
         examples = read_inputs(args, task, tok, opts)
-        rows = predict_examples(model, tok, task, examples, opts, args.batch_size, args.max_length, args.precision)
+        rows = predict_examples(model, tok, task, examples, opts, args.batch_size, args.max_length, args.precision,
+                                args.quantize)
         rows = [{"text": t, **r} for t, r in zip(examples.texts, rows)]
         if args.output and args.output.endswith(".json") and hasattr(task, "document"):
             write_document(task.document(rows), args.output)
@@ -225,7 +234,7 @@ def run(args):
         from minift.predict import evaluate
         result = evaluate(args.model, args.data, batch_size=args.batch_size, max_length=args.max_length,
                           device=args.device, precision=args.precision, allow_pickle=args.allow_pickle,
-                          **options_of(args))
+                          quantize=args.quantize, **options_of(args))
         if result.get("skipped_empty"):
             print(f"{args.data}: skipped {result['skipped_empty']} row(s) with empty text", file=sys.stderr)
         print(json.dumps(result))

@@ -71,36 +71,41 @@ def task_options(options: dict) -> tasks.TaskOptions:
         raise MiniftError(f"unknown option: {e}") from None
 
 
-def outputs_of(model, tok, task, examples, opts, batch_size, max_length, precision):
-    """Features of the examples (truncated as in training unless max_length is given), run: (outputs, features)."""
+def outputs_of(model, tok, task, examples, opts, batch_size, max_length, precision, quantize=None):
+    """Features of the examples (truncated as in training unless max_length is given), run: (outputs, features).
+    quantize="int8": see minift/quantize.py."""
     check_sizes(model, batch_size, max_length, examples.pairs is not None)
     dev = next(model.parameters()).device
     max_length = max_length or min(tok.model_max_length, model.config.max_position_embeddings)
     feats = task.features(examples, tok, max_length, model.config, opts)
-    amp_dtype = pick_precision(precision, dev)
+    amp_dtype = None if quantize else pick_precision(precision, dev)
+    if quantize:
+        from minift.quantize import quantize as quantize_model
+        quantize_model(model, quantize, precision)
     return run_model(low_precision_weights(model, amp_dtype), task, feats, tok.pad_id, batch_size, dev, amp_dtype), feats
 
 
 def predict(model_dir, texts: list[str], pairs: list[str] | None = None, batch_size: int = 64,
             max_length: int | None = None, device: str = "auto", precision: str = "auto",
-            allow_pickle: bool = False, **options) -> list[dict]:
+            allow_pickle: bool = False, quantize: str | None = None, **options) -> list[dict]:
     """One dict per text, as the model's task writes it: for a classifier {"label": name, "probs":
     {name: p}} (multilabel: "labels" and per-label probs), for a regressor {"score": x}; for question
     answering (texts: questions, pairs: their contexts) {"id", "answer", "score", "start", "end"}.
     options: the task's settings (TaskOptions)."""
     model, tok, task = load(model_dir, device, allow_pickle)
     examples = task.from_texts(texts, pairs, tok)
-    return predict_examples(model, tok, task, examples, task_options(options), batch_size, max_length, precision)
+    return predict_examples(model, tok, task, examples, task_options(options), batch_size, max_length, precision,
+                            quantize)
 
 
-def predict_examples(model, tok, task, examples, opts, batch_size, max_length, precision) -> list[dict]:
-    outputs, feats = outputs_of(model, tok, task, examples, opts, batch_size, max_length, precision)
+def predict_examples(model, tok, task, examples, opts, batch_size, max_length, precision, quantize=None) -> list[dict]:
+    outputs, feats = outputs_of(model, tok, task, examples, opts, batch_size, max_length, precision, quantize)
     return task.decode(outputs, feats, examples, model.config)
 
 
 def evaluate(model_dir, data, text_column="text", text_pair_column=None, label_column="label",
              batch_size: int = 64, max_length: int | None = None, device: str = "auto", precision: str = "auto",
-             allow_pickle: bool = False, **options) -> dict:
+             allow_pickle: bool = False, quantize: str | None = None, **options) -> dict:
     """The task's metrics of a fine-tuned model on a labelled file, plus the number of examples.
     options: the task's other settings (TaskOptions)."""
     model, tok, task = load(model_dir, device, allow_pickle)
@@ -108,19 +113,22 @@ def evaluate(model_dir, data, text_column="text", text_pair_column=None, label_c
     opts = task_options(dict(options, text_column=text_column, text_pair_column=text_pair_column,
                              label_column=label_column))
     examples = task.read(data, opts)
-    outputs, feats = outputs_of(model, tok, task, examples, opts, batch_size, max_length, precision)
+    outputs, feats = outputs_of(model, tok, task, examples, opts, batch_size, max_length, precision, quantize)
     return {**task.score(outputs, feats), "examples": len(examples.texts),
             "skipped_empty": getattr(examples, "skipped_empty", 0)}
 
 
 @torch.inference_mode()
 def embed(model_dir, texts: list[str], batch_size: int = 64, max_length: int = 256, device: str = "auto",
-          allow_pickle: bool = False) -> torch.Tensor:
+          allow_pickle: bool = False, quantize: str | None = None) -> torch.Tensor:
     """Sentence embeddings [N, H], fp32: the mean of the last hidden states over real tokens, L2-normalised
     (what sentence-transformers computes for all-MiniLM-L6-v2). max_length is capped at the model's positions."""
     from minift.model import Bert
     dev = pick_device(device)
     model = Bert.from_pretrained(model_dir, allow_pickle=allow_pickle).to(dev).eval()
+    if quantize:
+        from minift.quantize import quantize as quantize_model
+        quantize_model(model, quantize)
     max_length = min(max_length, model.config.max_position_embeddings)
     check_sizes(model, batch_size, max_length)
     tok = Tokenizer.from_dir(model_dir)
