@@ -22,6 +22,7 @@ import torch
 
 from minift.config import BertConfig
 from minift.data import length_batches, read_dataset
+from minift.model import cpu_class
 from minift.predict import low_precision_weights, run_model
 from minift.tasks import TASKS
 from minift.tasks.classify import BertClassifier, Features, encode_labels, label_map
@@ -31,6 +32,7 @@ from minift.train_step import make_loss_fn, make_optimizer, make_schedule, pick_
 ROOT = Path(__file__).resolve().parents[1]
 MODEL, DATA = ROOT / "weights" / "all-MiniLM-L6-v2", ROOT / "data" / "polarity"
 MAX_LEN, BATCH, LR, WD = 128, 32, 5e-5, 0.01
+QUICK_BATCH = 8  # --quick: small batches, so that the whole run takes about a minute on a loaded 2-core CPU
 BF16 = torch.bfloat16
 SYNTHETIC = "synthetic bert-base (random weights)"
 # Needed work, the usual accounting (Kaplan et al. 2020) for what a classifier's output depends on: per
@@ -57,9 +59,19 @@ def pname(dtype):
 
 
 def low_precision(dev):
-    """bf16 where minift's precision "auto" picks it, else None (fp32). Its fp16 choice on old GPUs
-    would need a GradScaler in both training loops; this benchmark leaves that out."""
+    """bf16 where minift's precision "auto" picks it (the machine has it natively), else None (fp32).
+    Its fp16 choice on old GPUs would need a GradScaler in both training loops; this benchmark leaves that out."""
     return BF16 if pick_precision("auto", dev) == BF16 else None
+
+
+def precisions(dev):
+    """fp32, and bf16 where it is native: emulated bf16 is skipped, and main() says so."""
+    return [None] + [BF16] * (low_precision(dev) is not None)
+
+
+def quantize_available():
+    from minift.quantize import available
+    return available()
 
 
 def to(batch, dev):
@@ -74,25 +86,50 @@ def random_batch(B, T, dev, seed=0):
                "token_type_ids": zeros, "labels": torch.randint(0, 2, (B,), generator=g)}, dev)
 
 
-# ---------------------------------------------------------------- ceilings and FLOPs
+# ---------------------------------------------------------------- the machine: CPU class, ceilings, FLOPs
+def timed_once(fn, dev):
+    sync(dev); t = time.perf_counter(); fn(); sync(dev)
+    return time.perf_counter() - t
+
+
+def matmul_ceiling(dev, dtype, budget_s):
+    """Best GFLOP/s of one square product, bounded by time: n doubles from 256 while a product takes
+    under an eighth of the budget (up to 4096 on a CPU, where 4096 beat 2048 by ~15% in fp32, 8192 on a
+    GPU), then the largest n repeats until the budget is spent."""
+    deadline, n, best, top = time.perf_counter() + budget_s, 256, 0.0, 8192 if dev.type == "cuda" else 4096
+    while True:
+        if dtype == torch.int8:  # minift's int8 kernel: quantises its input each call, as in inference
+            from minift.quantize import Int8Linear, engine
+            x, f = torch.randn(n, n), Int8Linear(torch.nn.Linear(n, n, bias=False), *engine())
+            fn = lambda: f(x)  # noqa: E731
+        else:
+            a, b = (torch.randn(n, n, device=dev).to(dtype) for _ in range(2))
+            fn = lambda: torch.mm(a, b)  # noqa: E731
+        fn()  # first call: allocation, packing
+        t = timed_once(fn, dev)
+        best = max(best, 2 * n ** 3 / t / 1e9)
+        if n >= top or t > budget_s / 8 or time.perf_counter() > deadline:
+            break
+        n *= 2
+    while time.perf_counter() < deadline:
+        best = max(best, 2 * n ** 3 / timed_once(fn, dev) / 1e9)
+    return round(best, 1)
+
+
 def ceilings(dev, quick):
-    """Best matmul GFLOP/s per precision and copy GB/s: what the hardware gives this process right now."""
-    # Large enough to reach the peak (on a CPU 4096 beat 2048 by ~15% in fp32), small enough to take seconds.
-    n, reps = (8192, 10) if dev.type == "cuda" else (2048 if quick else 4096, 1)
-    out = {}
-    for dt in (torch.float32, BF16):
-        a, b = (torch.randn(n, n, device=dev).to(dt) for _ in range(2))
-        best = float("inf")
-        for _ in range(3 if quick else 6):
-            sync(dev); t = time.perf_counter()
-            for _ in range(reps):
-                torch.mm(a, b)
-            sync(dev); best = min(best, (time.perf_counter() - t) / reps)
-        out[f"{pname(dt)}_matmul_gflops"] = round(2 * n ** 3 / best / 1e9, 1)
+    """Best matmul GFLOP/s per precision and copy GB/s: what the hardware gives this process right now.
+    bf16 where the machine has it natively only (elsewhere it is emulated, orders of magnitude slower);
+    int8 with minift's int8 kernel on a CPU."""
+    budget = 1.0 if quick else 4.0
+    out = {"fp32_matmul_gflops": matmul_ceiling(dev, torch.float32, budget)}
+    if low_precision(dev) == BF16:
+        out["bf16_matmul_gflops"] = matmul_ceiling(dev, BF16, budget)
+    if dev.type == "cpu" and quantize_available():
+        out["int8_matmul_gops"] = matmul_ceiling(dev, torch.int8, budget)
     src = torch.randn(64 * 2 ** 20, device=dev)  # 256 MiB, far beyond any cache
     dst, best = torch.empty_like(src), float("inf")
     for _ in range(5):
-        sync(dev); t = time.perf_counter(); dst.copy_(src); sync(dev); best = min(best, time.perf_counter() - t)
+        best = min(best, timed_once(lambda: dst.copy_(src), dev))
     out["copy_gbs_read_plus_write"] = round(2 * src.nbytes / best / 1e9, 1)
     return out
 
@@ -169,7 +206,7 @@ def row(case, system, times, per, unit, work, work_unit, fl=None, ceiling=None, 
     med = statistics.median(ts)
     r = {"case": case, "system": system, "unit": unit, "median": med, "min": min(ts), "max": max(ts),
          "times": times, "throughput": work / med / per, "throughput_unit": work_unit, **extra}
-    if fl is not None:
+    if fl is not None and ceiling:
         r["needed_gflops"] = round(fl / per / med / 1e9, 1)
         r["mfu"] = fl / per / med / 1e9 / ceiling
     return r
@@ -177,7 +214,8 @@ def row(case, system, times, per, unit, work, work_unit, fl=None, ceiling=None, 
 
 # ---------------------------------------------------------------- (a) fixed-shape training step
 def case_a(dev, args, ceil):
-    shapes = [(None, "MiniLM", BATCH, MAX_LEN)]
+    """Both systems train on the very same random batch: identical inputs by construction."""
+    shapes = [(None, "MiniLM", 8, 64) if args.quick and dev.type == "cpu" else (None, "MiniLM", BATCH, MAX_LEN)]
     if dev.type == "cuda":
         base = BertConfig(id2label={0: "0", 1: "1"})  # bert-base sizes are BertConfig's defaults
         shapes += [(base, SYNTHETIC, 64, 128), (base, SYNTHETIC, 32, 512)]
@@ -185,14 +223,14 @@ def case_a(dev, args, ceil):
     rows = []
     for cfg, name, B, T in shapes:
         batch, fl = random_batch(B, T, dev), flops([T] * B, cfg or BertConfig.from_json(MODEL), train=True) * per
-        for amp in (None, BF16):
+        for amp in precisions(dev):
             steps = {"minift": minift_trainer(cfg, dev, amp)[0], "transformers": hf_trainer(cfg, dev, amp)[0]}
             for _ in range(args.warmup):
                 for s in steps.values():
                     s(batch)
             units = {k: lambda s=s: [s(batch) for _ in range(per)] for k, s in steps.items()}
             times = alternate(units, args.repeats, dev)
-            rows += [row(f"a train {name} {B}x{T} {pname(amp)}", k, t, per, "s/step", B * per, "seq/s", fl,
+            rows += [row(f"a train {name} {B}x{T} {pname(amp)}, identical inputs", k, t, per, "s/step", B * per, "seq/s", fl,
                          ceil[f"{pname(amp)}_matmul_gflops"]) for k, t in times.items()]
     return rows
 
@@ -206,21 +244,21 @@ def polarity(split):
     return tok, ids, types, y
 
 
-def b_systems(dev, with_hf=True):
+def b_systems(dev, with_hf=True, batch=BATCH):
     """name -> (batch index lists in the order that system's loop visits them, collate, autocast dtype)."""
     tok, ids, types, y = polarity("train")
     lengths, low = [len(x) for x in ids], low_precision(dev)
 
     def minift_collate(idx):
         return {**Tokenizer.pad([ids[i] for i in idx], [types[i] for i in idx], tok.pad_id), "labels": y[idx]}
-    batches = length_batches(lengths, BATCH, seed=0)
-    shuffled = [b.tolist() for b in torch.randperm(len(ids), generator=torch.Generator().manual_seed(0)).split(BATCH)]
+    batches = length_batches(lengths, batch, seed=0)
+    shuffled = [b.tolist() for b in torch.randperm(len(ids), generator=torch.Generator().manual_seed(0)).split(batch)]
     systems = {f"minift: bucketed, pad to longest, {pname(low)}": (batches, minift_collate, low)}
     if not with_hf:  # keeps transformers out of minift's peak-RSS process
         return systems, lengths
     # transformers (i)'s very batches: the implementations alone compared, and what packing the real
     # tokens saves when half of every batch is padding.
-    systems[f"minift (same batches as (i)): random order, pad to longest, {pname(low)}"] = \
+    systems[f"minift (identical batches to (i)): random order, pad to longest, {pname(low)}"] = \
         (shuffled, minift_collate, low)
     from transformers import AutoTokenizer, DataCollatorWithPadding
     hf_tok = AutoTokenizer.from_pretrained(MODEL)
@@ -235,7 +273,7 @@ def b_systems(dev, with_hf=True):
 
 
 def case_b(dev, args, ceil, rss):
-    systems, lengths = b_systems(dev)
+    systems, lengths = b_systems(dev, batch=args.batch)
     cfg, units, info = BertConfig.from_json(MODEL), {}, {}
     for name, (batches, collate, amp) in systems.items():
         step = (minift_trainer if name.startswith("minift") else hf_trainer)(None, dev, amp)[0]
@@ -257,7 +295,7 @@ def case_b(dev, args, ceil, rss):
 def rss_case(key, dev, quick):
     """A few steps of one (b) system in a fresh process: its first 4 batches (none if quick), then the batch
     holding the longest example, so that each system meets its own largest padded shape."""
-    systems, lengths = b_systems(dev, with_hf=key != "minift")
+    systems, lengths = b_systems(dev, with_hf=key != "minift", batch=QUICK_BATCH if quick else BATCH)
     batches, collate, amp = next(v for k, v in systems.items() if k.startswith(key + ":"))
     step = (minift_trainer if key == "minift" else hf_trainer)(None, dev, amp)[0]
     longest = max(range(len(lengths)), key=lengths.__getitem__)
@@ -291,34 +329,93 @@ def measure_rss(dev, quick):
 
 
 # ---------------------------------------------------------------- (c) inference on the test set
+def onnx_sessions(hf, tmp):
+    """ONNX Runtime on transformers' model: torch.onnx export (TorchScript exporter, dynamic batch and length),
+    the CPU provider with every graph optimisation, and its dynamic int8 quantisation of that graph
+    (weights int8, activations quantised per call). {} where onnxruntime and onnx are not installed."""
+    try:
+        import onnxruntime as ort
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+    except ImportError:
+        print("(c): onnxruntime or onnx not installed (pip install -e '.[bench]'): its rows are left out",
+              file=sys.stderr)
+        return {}
+    import logging
+    import warnings
+    logging.getLogger().setLevel(logging.ERROR)  # quantize_dynamic's advice to pre-process first
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    ex = tuple(torch.ones(2, 8, dtype=torch.long) for _ in names)
+    fp32, int8 = Path(tmp) / "model.onnx", Path(tmp) / "model.int8.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(hf, ex, fp32, input_names=names, output_names=["logits"], opset_version=17, dynamo=False,
+                          dynamic_axes={**{k: {0: "batch", 1: "length"} for k in names}, "logits": {0: "batch"}})
+    quantize_dynamic(fp32, int8, weight_type=QuantType.QInt8)
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.intra_op_num_threads = torch.get_num_threads()
+    return {k: ort.InferenceSession(str(f), so, providers=["CPUExecutionProvider"]) for k, f in (("fp32", fp32),
+                                                                                                 ("int8", int8))}
+
+
 def case_c(dev, args, ceil):
-    from transformers import AutoTokenizer, DataCollatorWithPadding
+    """One alternating run of every system. "identical batches": the same padded tensors (file order,
+    batches of 64, each padded to its longest) for every system; minift's own way sorts by length."""
+    import tempfile
+    from minift.quantize import quantize
     tok, ids, types, _ = polarity("test")
-    n = 128 if args.quick else len(ids)  # quick: the first two batches
+    n = 64 if args.quick else len(ids)  # quick: one batch
     ids, types, lengths = ids[:n], types[:n], [len(x) for x in ids[:n]]
-    collate = DataCollatorWithPadding(AutoTokenizer.from_pretrained(MODEL))
+    same = [Tokenizer.pad(ids[s:s + 64], types[s:s + 64], tok.pad_id) for s in range(0, n, 64)]
     mf, hf = minift_model(None, dev).eval(), hf_model(None, dev).eval()
     fl = flops(lengths, BertConfig.from_json(MODEL), train=False)
 
+    def sorted_pass(model, amp):  # minift's own way, as predict runs it: sorted by length
+        return run_model(model, TASKS["classify"], Features(ids, types, None), tok.pad_id, 64, dev, amp)
+
     @torch.inference_mode()
-    def hf_pass(amp):  # file order, each batch padded to its longest
-        for s in range(0, n, 64):
-            b = collate([{"input_ids": ids[i], "token_type_ids": types[i], "attention_mask": [1] * len(ids[i])}
-                         for i in range(s, min(s + 64, n))])
-            with autocast(dev, amp):
-                hf(**to(b, dev)).logits.float().cpu()
-    rows = []
-    for amp in [None] + [low_precision(dev)] * (low_precision(dev) is not None):
+    def run(model, amp, out):  # the identical batches through a torch model
+        with autocast(dev, amp):
+            for b in same:
+                out(model(**to(b, dev))).float().cpu()
+    units, prec = {}, {}
+    for amp in precisions(dev):
         # As minift.predict runs it: in low precision the matmul weights are stored in that dtype.
-        m = mf if amp is None else low_precision_weights(copy.deepcopy(mf), amp)
-        units = {"minift": lambda a=amp, m=m: run_model(m, TASKS["classify"], Features(ids, types, None), tok.pad_id, 64, dev, a),
-                 "transformers": lambda a=amp: hf_pass(a)}
-        for u in units.values():
-            u()  # warm-up
-        times = alternate(units, args.repeats, dev)
-        rows += [row(f"c inference polarity test ({n}), {pname(amp)}", k, t, 1, "s/pass", sum(lengths), "real tok/s",
-                     fl, ceil[f"{pname(amp)}_matmul_gflops"], seq_s=n / statistics.median(t)) for k, t in times.items()]
-    return rows
+        m, p = (mf if amp is None else low_precision_weights(copy.deepcopy(mf), amp)), pname(amp)
+        units[f"minift: length-sorted (run_model), {p}"] = \
+            lambda a=amp, m=m: sorted_pass(m, a)
+        units[f"minift (identical batches), {p}"] = lambda a=amp, m=m: run(m, a, lambda y: y)
+        units[f"transformers (identical batches), {p}"] = lambda a=amp: run(hf, a, lambda y: y.logits)
+        prec.update(dict.fromkeys(list(units)[-3:], p))
+    tmp = tempfile.TemporaryDirectory()
+    if dev.type == "cpu" and quantize_available():
+        q = quantize(copy.deepcopy(mf))
+        units["minift: length-sorted (run_model), int8"] = lambda: sorted_pass(q, None)
+        units["minift (identical batches), int8"] = lambda: run(q, None, lambda y: y)
+        prec.update(dict.fromkeys(list(units)[-2:], "int8"))
+    for k, sess in (onnx_sessions(hf, tmp.name) if dev.type == "cpu" else {}).items():
+        feeds = [{name: b[name].numpy() for name in ("input_ids", "attention_mask", "token_type_ids")} for b in same]
+        units[f"onnxruntime (identical batches), {k}"] = lambda sess=sess, feeds=feeds: [sess.run(None, f) for f in feeds]
+        prec[f"onnxruntime (identical batches), {k}"] = k
+    for u in units.values():
+        u()  # warm-up
+    times = alternate(units, args.repeats, dev)
+    tmp.cleanup()
+    base = "minift (identical batches), fp32"
+    return [row(f"c inference polarity test ({n})", k, t, 1, "s/pass", sum(lengths), "real tok/s", fl,
+                ceil.get(f"{prec[k]}_matmul_gflops") or ceil.get(f"{prec[k]}_matmul_gops"),
+                seq_s=n / statistics.median(t), vs=vs_c(k, units, base))
+            for k, t in times.items()]
+
+
+def vs_c(system, units, base):
+    """What a (c) row is compared with: a minift row with the peers on identical batches in its precision
+    (int8: fp32's peers too), and int8 with minift's own fp32 on the same batches."""
+    if not system.startswith("minift"):
+        return []
+    p = system.rsplit(", ", 1)[1]
+    peers = [k for k in units if not k.startswith("minift") and k.endswith((", " + p, ", fp32") if p == "int8" else p)]
+    return peers + [base] * (p == "int8")
 
 
 # ---------------------------------------------------------------- (d) torch.compile
@@ -386,10 +483,11 @@ def num(x):
 
 
 def table(rows):
-    lines = ["| case | system | median | min-max | throughput | MFU | peak RSS | speedup vs transformers |",
+    lines = ["| case | system | median | min-max | throughput | MFU | peak RSS | speedup (minift rows) |",
              "|---|---|---:|---:|---:|---:|---:|---|"]
     for r in rows:
-        refs = [q for q in rows if q["case"] == r["case"] and q["system"].startswith("transformers")]
+        refs = [q for q in rows if q["case"] == r["case"] and (q["system"] in r["vs"] if "vs" in r
+                                                                else q["system"].startswith("transformers"))]
         speed = ", ".join(f"{r['throughput'] / q['throughput']:.2f}x vs {q['system'].split(':')[0]}" for q in refs)
         tput = f"{num(r['throughput'])} {r['throughput_unit']}"
         tput += f", {num(r['seq_s'])} seq/s" if "seq_s" in r else ""
@@ -417,7 +515,8 @@ def device_name(dev):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true",
-                    help="2 repeats, 1 warm-up step, 2 steps in (b), 128 sentences in (c), no (d): checks that it runs")
+                    help="2 repeats, 1 warm-up step, small shapes on a CPU, 2 steps in (b), 64 sentences in (c), no (d): "
+                         "checks that it runs")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cpu", "cuda"))
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     ap.add_argument("--cases", default=None, help="any of a, b, c, d (default abcd; abc with --quick)")
@@ -428,11 +527,13 @@ def main():
     ap.add_argument("--rss-case", help=argparse.SUPPRESS)  # the peak-RSS child process
     args = ap.parse_args()
     dev = torch.device(args.device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: no CUDA GPU is visible to PyTorch")
     if args.rss_case:
         return rss_case(args.rss_case, dev, args.quick)
     args.repeats = args.repeats or (2 if args.quick else 5)
-    # --quick has to finish in about 3 minutes on a loaded 2-core CPU, where one padded-to-128 fp32 step takes ~8 s.
     args.steps = args.steps or (2 if args.quick else 40)
+    args.batch = QUICK_BATCH if args.quick and dev.type == "cpu" else BATCH
     args.warmup, args.b_warmup = (1, 1) if args.quick else (2, 3)
     cases = args.cases or ("abc" if args.quick else "abcd")
     if args.quick and args.cases is None:
@@ -440,31 +541,45 @@ def main():
     import transformers
     meta = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "torch": torch.__version__,
             "transformers": transformers.__version__, "device": device_name(dev), "threads": torch.get_num_threads(),
+            "cpu_class": cpu_class(),
             "float32_matmul_precision": torch.get_float32_matmul_precision(),
             "autocast_low_precision": pname(low_precision(dev)),
             "minift_optimizer": "make_optimizer: AdamW(fused=True)",
             "transformers_optimizer": "AdamW() defaults: foreach on CUDA, per-tensor loop on CPU",
             "quick": args.quick, "repeats": args.repeats, "b_steps": args.steps, "flops": FLOPS_FORMULA,
             "mfu": "needed FLOP/s over the matmul ceiling of the row's precision"}
-    print(f"ceilings on {meta['device']}, {meta['threads']} threads ...", file=sys.stderr)
+    print(f"ceilings on {meta['device']} ({meta['cpu_class']}), {meta['threads']} threads ...", file=sys.stderr)
+    if low_precision(dev) is None:
+        print("bf16 is not native on this machine (emulated, orders of magnitude slower): its ceiling and its rows "
+              "are skipped", file=sys.stderr)
     meta["ceilings"] = ceil = ceilings(dev, args.quick)
-    rows = []
+    rows, result = [], {"meta": meta, "rows": []}
     for c in cases:
         print(f"case ({c}) ...", file=sys.stderr)
         rows += {"a": lambda: case_a(dev, args, ceil), "c": lambda: case_c(dev, args, ceil), "d": lambda: case_d(dev, args),
                  "b": lambda: case_b(dev, args, ceil, measure_rss(dev, args.quick))}[c]()
-    result = {"meta": meta, "rows": rows}
+        write(Path(args.out), result | {"rows": rows}, dev, quiet=True)  # so far: a run cut short keeps its cases
+    result["rows"] = rows
     if args.accuracy:
         print("accuracy: 2 epochs per system ...", file=sys.stderr)
         result["accuracy"] = accuracy(dev)
-    out = Path(args.out)
+    write(Path(args.out), result, dev)
+
+
+def write(out, result, dev, quiet=False):
+    """OUT/bench.json (every repeat's time, meta) and OUT/bench.md (the table, as printed)."""
+    meta = result["meta"]
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\n{meta['device']}, {meta['threads']} threads, torch {meta['torch']}, transformers {meta['transformers']}"
-          f"{', QUICK (not a measurement)' if args.quick else ''}; ceilings {json.dumps(ceil)}\n")
-    print(table(rows))
+    report = (f"{meta['device']} ({meta['cpu_class'] if dev.type == 'cpu' else 'GPU'}), {meta['threads']} threads, "
+              f"torch {meta['torch']}, transformers {meta['transformers']}"
+              f"{', QUICK (not a measurement)' if meta['quick'] else ''}; ceilings {json.dumps(meta['ceilings'])}"
+              f"\n\n{table(result['rows'])}\n")
     for a in result.get("accuracy", []):
-        print(f"\naccuracy: {a['system']}: test accuracy {a['test_accuracy']:.4f}, {a['wall_s']:.0f} s")
+        report += f"\naccuracy: {a['system']}: test accuracy {a['test_accuracy']:.4f}, {a['wall_s']:.0f} s"
+    (out / "bench.md").write_text(report + "\n")
+    if not quiet:
+        print("\n" + report)
 
 
 if __name__ == "__main__":
