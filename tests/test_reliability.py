@@ -6,8 +6,8 @@ on stderr, no traceback) and through the Python API (MiniftError with the same m
 the message says (the file, the line and column where they apply, what was expected) and for what
 it leaves behind: no --out or --output created, an existing run unchanged byte for byte.
 
-Not covered here: fp16 loss scaling (GradScaler skipping an inf step and lowering its scale) needs
-a CUDA GPU, so the non-finite tests below exercise the fp32 path of train_step only.
+fp16 loss scaling (GradScaler skipping an inf step and lowering its scale) is tested in test_fp16.py;
+the non-finite tests below exercise the fp32 path of train_step.
 """
 import contextlib
 import csv
