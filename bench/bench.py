@@ -319,7 +319,8 @@ def peak_rss_kib():
 def measure_rss(dev, quick):
     out = {}
     for key in ("minift", "transformers (i)", "transformers (ii)"):
-        cmd = [sys.executable, __file__, "--rss-case", key, "--device", dev.type] + ["--quick"] * quick
+        cmd = [sys.executable, __file__, "--rss-case", key, "--device", dev.type, "--threads",
+               str(torch.get_num_threads())] + ["--quick"] * quick
         p = subprocess.run(cmd, capture_output=True, text=True)
         if p.returncode:
             print(f"peak RSS of {key} failed:\n{p.stderr[-2000:]}", file=sys.stderr)
@@ -524,8 +525,12 @@ def main():
     ap.add_argument("--steps", type=int, default=None, help="timed steps per repeat in (b) (default 40, quick 2)")
     ap.add_argument("--accuracy", action="store_true",
                     help="also fine-tune each (b) system for 2 epochs and report test accuracy (many minutes)")
+    ap.add_argument("--threads", type=int, help="torch threads (default: torch's own choice); on a machine shared "
+                    "with other work, 1 thread is far less disturbed by it")
     ap.add_argument("--rss-case", help=argparse.SUPPRESS)  # the peak-RSS child process
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda: no CUDA GPU is visible to PyTorch")

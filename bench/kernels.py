@@ -7,7 +7,8 @@ Training (forward + backward): one attention block (MiniLM's 12 heads of 32, bat
 padded to half length, dropout 0.1), its softmax on bf16 scores (the bf16 kernel against softmax computed
 in fp32), and one hidden dropout ([32, T, 384], p = 0.1). Inference (forward only, no dropout): the
 attention block with every query and with the last layer's single [CLS] query, written out against SDPA's
-fused kernel, and MiniLM's whole classifier forward with the [CLS]-only last layer against the full one.
+fused kernel, MiniLM's whole classifier forward with the [CLS]-only last layer against the full one,
+and the int8 linear (--quantize int8) with the engine minift picks against the other and against fp32.
 fp32, and bf16 where the CPU has it natively. Milliseconds, median of the repeats, which alternate
 between the two sides of a row; min-max in brackets. The table's header names the CPU class:
 minift.model.SDPA_CPU_INFERENCE holds the choice these rows support, per class.
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from minift.model import CPU_CLASS, BertClassifier, attention, dropout
+from minift.quantize import Int8Linear, available, engine
 from minift.train_step import cpu_has_bf16
 
 MODEL = Path(__file__).resolve().parents[1] / "weights" / "all-MiniLM-L6-v2"
@@ -100,6 +102,20 @@ def cls_only_rows(dt, n):
         line(T, dt, "inference: MiniLM forward, [CLS]-only last layer", "full last layer", full, cls)
 
 
+@torch.inference_mode()
+def int8_rows(n):
+    """minift's int8 linear on MiniLM's shapes (2048 tokens), the engine quantize.engine() picks against
+    the other one, and against the fp32 linear."""
+    chosen = engine()
+    other = ("x86", chosen[1]) if chosen[0] == "onednn" else ("onednn", False)
+    for k, m in ((384, 1152), (384, 1536), (1536, 384)):
+        x, lin = torch.randn(2048, k), torch.nn.Linear(k, m)
+        mine, theirs = Int8Linear(lin, *chosen), Int8Linear(lin, *other)
+        t_other, t_fp32, t_mine = alternate([lambda: theirs(x), lambda: lin(x), lambda: mine(x)], n)
+        line(2048, "int8", f"inference: linear {k} -> {m}, {chosen[0]}", f"{other[0]} engine", t_other, t_mine)
+        line(2048, "int8", f"inference: linear {k} -> {m}, {chosen[0]}", "fp32 nn.Linear", t_fp32, t_mine)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -117,6 +133,8 @@ def main():
         for T in (48, 128):
             inference_rows(T, dt, args.repeats)
         cls_only_rows(dt, args.repeats)
+    if available():
+        int8_rows(args.repeats)
 
 
 if __name__ == "__main__":
