@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from minift.model import CPU_CLASS, BertClassifier, attention, dropout
+from minift import BertClassifier
+from minift.model import CPU_CLASS, attention, dropout
 from minift.quantize import Int8Linear, available, engine
 from minift.train_step import cpu_has_bf16
 

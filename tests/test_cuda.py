@@ -13,7 +13,7 @@ import warnings
 import pytest
 import torch
 
-from minift.model import BertClassifier
+from minift import BertClassifier
 from minift.train_step import make_loss_fn, make_optimizer, make_schedule, train_step
 from test_train import make_batches, no_dropout
 

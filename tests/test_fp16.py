@@ -16,7 +16,7 @@ import torch
 from safetensors import safe_open
 
 import minift.train_loop
-from minift.model import BertClassifier
+from minift import BertClassifier
 from minift.train_step import make_loss_fn, make_optimizer, make_schedule, pick_precision, train_step
 from safetensors.torch import load_file
 from test_train import clf_data, interrupt_at, make_batches, no_dropout, run  # noqa: F401 (clf_data: a fixture)

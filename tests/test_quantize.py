@@ -16,13 +16,13 @@ from safetensors.torch import load_file
 
 import minift.quantize
 from conftest import FIXTURES, ROOT
+from minift import BertClassifier
 from minift.cli import main
-from minift.data import encode_labels, read_dataset
 from minift.errors import MiniftError
-from minift.model import BertClassifier
 from minift.modes import apply_mode, merge_lora
-from minift.predict import logits_of
+from minift.predict import outputs_of, task_options
 from minift.quantize import Int8Linear, engine, quantize
+from minift.tasks import TASKS
 from minift.tokenizer import Tokenizer
 
 POLARITY = ROOT / "data" / "polarity"
@@ -39,12 +39,16 @@ def polarity_classifier(minilm_dir):
 def test_int8_agrees_with_fp32_on_polarity(minilm_dir):
     if not (POLARITY / "test.csv").exists():
         pytest.fail("data/polarity not found: run `minift fetch data polarity` (`make test` does it)", pytrace=False)
-    ds = read_dataset(POLARITY / "test.csv")
+    task, opts = TASKS["classify"], task_options({})
+    examples = task.read(POLARITY / "test.csv", opts)
     tok = Tokenizer.from_dir(minilm_dir)
     net = polarity_classifier(minilm_dir)
-    y = encode_labels(ds, net.config.label2id, "classify")
-    fp32 = logits_of(net, tok, ds.texts, None, 64, 128, "fp32")
-    int8 = logits_of(net, tok, ds.texts, None, 64, 128, "auto", quantize="int8")
+
+    def logits(precision, quantize=None):  # what `minift eval` computes, [N, 2]; and the labels [N]
+        out, feats = outputs_of(net, tok, task, examples, opts, 64, 128, precision, quantize)
+        return torch.stack(out), feats.labels
+    fp32, y = logits("fp32")
+    int8, _ = logits("auto", "int8")
     assert sum(isinstance(m, Int8Linear) for m in net.modules()) == 4 * net.config.num_hidden_layers
     agree = (fp32.argmax(1) == int8.argmax(1)).float().mean().item()
     acc32, acc8 = ((x.argmax(1) == y).float().mean().item() for x in (fp32, int8))
