@@ -26,7 +26,7 @@ step() {  # step TITLE SECONDS COMMAND...: run with at most SECONDS (and never p
   shift 2
   [ "$want" -gt "$left" ] && want=$left
   if [ "$want" -lt 20 ]; then
-    printf '\n## %s\n\nnot run: the 8-minute limit was reached\n' "$title" >> "$results"
+    printf '\n## %s\n\nnot run: the total time limit (%d s) was reached\n' "$title" "$limit" >> "$results"
     return 0
   fi
   printf '\n## %s\n\n`%s` (limit %d s)\n\n```\n' "$title" "$*" "$want" >> "$results"

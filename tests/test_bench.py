@@ -2,6 +2,7 @@
 bf16 skips, and bench/gpu.sh's CPU-side logic (--dry-run). Nothing here measures speed."""
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -46,12 +47,14 @@ def test_ceiling_is_bounded_by_time():
     assert gflops > 0 and time.perf_counter() - t < 5  # budget + at most one product past it + set-up
 
 
-def test_without_native_bf16_it_is_skipped(monkeypatch, capsys):
+def test_without_native_bf16_it_is_skipped(monkeypatch):
     monkeypatch.setattr(bench, "pick_precision", lambda p, dev: None)
     cpu = torch.device("cpu")
     assert bench.precisions(cpu) == [None]
-    monkeypatch.setattr(bench, "matmul_ceiling", lambda dev, dtype, budget: {torch.float32: 1.0}[dtype])
+    asked = []
+    monkeypatch.setattr(bench, "matmul_ceiling", lambda dev, dtype, budget: asked.append(dtype) or 1.0)
     assert "bf16_matmul_gflops" not in bench.ceilings(cpu, quick=True)
+    assert torch.float32 in asked and torch.bfloat16 not in asked
 
 
 def test_gpu_sh_dry_run(tmp_path):
@@ -67,10 +70,15 @@ def test_gpu_sh_dry_run(tmp_path):
 
 
 def test_gpu_sh_respects_its_total_limit(tmp_path):
-    """With 21 s in all, the first step gets them and the second is reported as not run."""
+    """With 21 s in all, no step may get more than what is left of them, so the bench step (which needs
+    20 s at least) is reported as not run, and the script ends soon after the limit."""
     results = tmp_path / "gpu.md"
+    t = time.time()
     r = subprocess.run(["bash", "bench/gpu.sh", "--dry-run", str(results)], cwd=ROOT, capture_output=True, text=True,
                        env={**ENV, "PY": sys.executable, "GPU_SH_LIMIT_S": "21"}, timeout=300)
     assert r.returncode == 0, r.stderr
+    assert time.time() - t < 21 + 10 + 15  # the limit, timeout's kill-after, the set-up and the header
     text = results.read_text()
-    assert "(limit 21 s)" in text and "not run: the 8-minute limit was reached" in text
+    limits = [int(x) for x in re.findall(r"\(limit (\d+) s\)", text)]
+    assert all(x <= 21 for x in limits) and len(limits) <= 1
+    assert text.endswith("not run: the total time limit (21 s) was reached\n")
