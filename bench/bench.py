@@ -32,7 +32,7 @@ from minift.train_step import make_loss_fn, make_optimizer, make_schedule, pick_
 ROOT = Path(__file__).resolve().parents[1]
 MODEL, DATA = ROOT / "weights" / "all-MiniLM-L6-v2", ROOT / "data" / "polarity"
 MAX_LEN, BATCH, LR, WD = 128, 32, 5e-5, 0.01
-QUICK_BATCH = 8  # --quick: small batches, so that the whole run takes about a minute on a loaded 2-core CPU
+QUICK_BATCH = 8  # --quick: small batches, to keep a run that only checks the code short
 BF16 = torch.bfloat16
 SYNTHETIC = "synthetic bert-base (random weights)"
 # Needed work, the usual accounting (Kaplan et al. 2020) for what a classifier's output depends on: per
