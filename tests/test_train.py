@@ -383,11 +383,13 @@ def interrupt_at(monkeypatch, at):
 def test_resume_is_bit_identical(tiny_dir, clf_data, uninterrupted, tmp_path, monkeypatch, at):
     a, a_row = uninterrupted
     b = tmp_path / "out"
+    found = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     with monkeypatch.context() as mp:
         interrupt_at(mp, at)
         assert run(tiny_dir, clf_data, b) == {"stopped_at": at}
     assert (b / "checkpoint.safetensors").exists()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    # the handlers the run found are back, whatever they were (SIG_IGN when the suite runs under nohup)
+    assert {s: signal.getsignal(s) for s in found} == found
     b_row = run(tiny_dir, clf_data, b, resume=True)
     assert b_row == a_row
     ta, tb = tensors(a), tensors(b)
@@ -399,6 +401,25 @@ def test_resume_is_bit_identical(tiny_dir, clf_data, uninterrupted, tmp_path, mo
     assert [r["step"] for r in ra] == [10, 12]
     assert rb == ra[len(ra) - len(rb):] and rb
     assert ra[-1]["train_loss"] != ra[0]["train_loss"]
+
+
+@pytest.mark.parametrize("found", [signal.SIG_IGN, signal.SIG_DFL, "handler"])
+def test_run_restores_the_signal_handlers_it_found(tiny_dir, clf_data, tmp_path, found):
+    """A run started in the background (SIGINT ignored), in a foreground shell (Python's handler) or by
+    a program with its own handlers gives back exactly what it found, after a finished or a stopped run."""
+    mine = {signal.SIGINT: (lambda n, f: None), signal.SIGTERM: (lambda n, f: None)}
+    want = {s: mine[s] if found == "handler" else found for s in mine}
+    before = {s: signal.signal(s, h) for s, h in want.items()}
+    try:
+        run(tiny_dir, clf_data, tmp_path / "a", max_steps=2)
+        assert {s: signal.getsignal(s) for s in want} == want
+        with pytest.MonkeyPatch.context() as mp:  # the SIGINT lands while the run's own handler is in place
+            interrupt_at(mp, 1)
+            assert run(tiny_dir, clf_data, tmp_path / "b") == {"stopped_at": 1}
+        assert {s: signal.getsignal(s) for s in want} == want
+    finally:
+        for s, h in before.items():
+            signal.signal(s, h)
 
 
 def test_resume_refusals(tiny_dir, clf_data, tmp_path):
