@@ -9,10 +9,11 @@ hf_names() are the whole translation.
 import glob
 import json
 import os
+import shutil
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from minift.config import FAMILIES, BertConfig
@@ -206,14 +207,20 @@ def save_pretrained(model, path, tokenizer=None):
     path.mkdir(parents=True, exist_ok=True)
     family = FAMILIES[model.config.model_type]  # BertForSequenceClassification -> RobertaFor...
     arch = f"{family}Model" if isinstance(model, Bert) else family + model.ARCHITECTURE.removeprefix("Bert")
-    atomic_write(path / "config.json", lambda f: f.write_text(json.dumps(model.config.to_dict(arch), indent=2) + "\n"))
-    atomic_write(path / "model.safetensors", lambda f: save_file(hf_state_dict(model), str(f), metadata={"format": "pt"}))
+    config = (json.dumps(model.config.to_dict(arch), indent=2) + "\n").encode()
+    atomic_write(path / "config.json", lambda f: f.write_bytes(config), len(config))
+    tensors, meta = hf_state_dict(model), {"format": "pt"}
+    atomic_write(path / "model.safetensors", lambda f: save_file(tensors, str(f), metadata=meta),
+                 file_size(tensors, meta))
     if tokenizer is not None:
         tokenizer.save(path)
 
 
-def atomic_write(target: Path, write):
-    """Call write(tmp_path), fsync, then rename over target: readers see the old file or the new one."""
+def atomic_write(target: Path, write, size: int | None = None):
+    """Call write(tmp_path), fsync, then rename over target: readers see the old file or the new one.
+
+    A write that fails (a full disk, any I/O error) leaves the old file as it was and no temporary file,
+    and is a MiniftError naming the directory and `size`, the bytes the file needs."""
     target = Path(target)
     tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
     for stale in target.parent.glob(f".{glob.escape(target.name)}.tmp*"):  # from a process killed mid-write
@@ -223,8 +230,52 @@ def atomic_write(target: Path, write):
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, target)
+    except (OSError, SafetensorError) as e:  # safetensors reports its own I/O errors as SafetensorError
+        tmp.unlink(missing_ok=True)  # first, so that the message counts the space it held as free
+        raise MiniftError(write_error(target, e, size)) from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def append_line(file: Path, line: str):
+    """Append one line whole or not at all: after a failed write the file is cut back to where it was,
+    so it never ends in half a line."""
+    data = line.encode("utf-8")
+    fd = os.open(file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        start = os.fstat(fd).st_size
+        try:
+            rest = memoryview(data)
+            while rest:  # a write may stop short at the end of the space (or of a size limit)
+                rest = rest[os.write(fd, rest):]
+        except OSError as e:
+            os.ftruncate(fd, start)
+            raise MiniftError(write_error(file, e, len(data))) from None
+    finally:
+        os.close(fd)
+
+
+def write_error(file: Path, e: Exception, size: int | None) -> str:
+    reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+    where = Path(file).parent.resolve()
+    msg = f"cannot write {Path(file).name} in {where}: {reason}"
+    if size is not None:
+        try:
+            free = f"; {shutil.disk_usage(where).free:,} bytes are free there"
+        except OSError:
+            free = ""
+        msg += f". It needs about {size:,} bytes{free}"
+    return msg + ". The files already there are as they were; make room (or fix the error) and run again."
+
+
+def file_size(tensors: dict[str, torch.Tensor], metadata: dict) -> int:
+    """About the size of the safetensors file of `tensors`: 8 bytes, a JSON header, the data."""
+    header, data = {"__metadata__": metadata}, 0
+    for k, t in tensors.items():
+        n = t.numel() * t.element_size()
+        header[k] = {"dtype": "F32", "shape": list(t.shape), "data_offsets": [data, data + n]}
+        data += n
+    return 8 + len(json.dumps(header, separators=(",", ":"))) + data
 
 
 # ---- training state, for --resume ----
@@ -245,7 +296,8 @@ def save_train_state(file: Path, model, optimizer, scheduler, scaler, progress: 
     meta = {"format_version": TRAIN_STATE_VERSION, "progress": progress, "param_groups": opt["param_groups"],
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler is not None else None}
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    atomic_write(file, lambda f: save_file(tensors, str(f), metadata={"minift": json.dumps(meta)}))
+    meta = {"minift": json.dumps(meta)}
+    atomic_write(file, lambda f: save_file(tensors, str(f), metadata=meta), file_size(tensors, meta))
 
 
 def load_train_state(file: Path, model, optimizer, scheduler, scaler) -> dict:

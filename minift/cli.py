@@ -184,7 +184,8 @@ def write_lines(rows, output):
         sys.stdout.write(text)
         return
     from minift.checkpoint import atomic_write
-    atomic_write(Path(output), lambda f: f.write_text(text, encoding="utf-8"))
+    data = text.encode("utf-8")
+    atomic_write(Path(output), lambda f: f.write_bytes(data), len(data))
     print(f"wrote {len(rows)} rows to {output}", file=sys.stderr)
 
 
@@ -208,7 +209,11 @@ def run(args):
         if args.output and args.output.endswith(".npy"):
             import numpy as np
             from minift.checkpoint import atomic_write
-            atomic_write(Path(args.output), lambda f: np.save(open(f, "wb"), vectors.numpy()))
+
+            def save(f):
+                with open(f, "wb") as fh:  # a file object: given a name, np.save would append .npy to it
+                    np.save(fh, vectors.numpy())
+            atomic_write(Path(args.output), save, vectors.numpy().nbytes)
             print(f"wrote {tuple(vectors.shape)} float32 to {args.output}", file=sys.stderr)
         else:
             write_lines([{"text": t, "embedding": v} for t, v in zip(texts, vectors.tolist())], args.output)

@@ -300,19 +300,23 @@ class Tokenizer:
 
     def save(self, path):
         """Write the files that both Tokenizer.from_dir and transformers' AutoTokenizer load."""
+        from minift.checkpoint import atomic_write
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        self._tok.save(str(path / "tokenizer.json"))
         special = {f"{role}_token": token for role, token in self.specials.items()}
         config = {**self._config, **special, "model_max_length": self.model_max_length}
+        files = {"tokenizer.json": self._tok.to_str(pretty=True)}
         if isinstance(self._tok.model, WordPiece):
             vocab = sorted(self._tok.get_vocab(with_added_tokens=False).items(), key=lambda kv: kv[1])
-            (path / "vocab.txt").write_text("".join(token + "\n" for token, _ in vocab), encoding="utf-8")
+            files["vocab.txt"] = "".join(token + "\n" for token, _ in vocab)
             norm = self._tok.normalizer
             config.update(tokenizer_class=self._config.get("tokenizer_class", "BertTokenizer"),
                           do_lower_case=norm.lowercase, strip_accents=norm.strip_accents,
                           tokenize_chinese_chars=norm.handle_chinese_chars)
         else:  # tokenizer.json holds all of it; a class that rebuilt it from other files could differ
             config.setdefault("tokenizer_class", "PreTrainedTokenizerFast")
-        for name, obj in (("tokenizer_config.json", config), ("special_tokens_map.json", special)):
-            (path / name).write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
+        files["tokenizer_config.json"] = json.dumps(config, indent=2) + "\n"
+        files["special_tokens_map.json"] = json.dumps(special, indent=2) + "\n"
+        for name, text in files.items():  # each renamed into place: a failed save leaves the old files
+            data = text.encode("utf-8")
+            atomic_write(path / name, lambda f: f.write_bytes(data), len(data))

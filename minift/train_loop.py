@@ -26,7 +26,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from minift import tasks
-from minift.checkpoint import load_train_state, save_train_state
+from minift.checkpoint import append_line, atomic_write, load_train_state, save_train_state
 from minift.config import BertConfig, bert_architecture
 from minift.data import length_batches
 from minift.errors import MiniftError
@@ -216,7 +216,8 @@ def setup(cfg: RunConfig, resume: bool, allow_pickle: bool, log) -> Run:
         out.mkdir(parents=True, exist_ok=True)
         for name in RUN_FILES:  # --overwrite: the old run goes whole, never half of it beside the new one
             (out / name).unlink(missing_ok=True)
-        (out / "run.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+        settings = (json.dumps(dataclasses.asdict(cfg), indent=2) + "\n").encode()
+        atomic_write(out / "run.json", lambda f: f.write_bytes(settings), len(settings))
     print(f"minift: {cfg.mode} fine-tuning for {cfg.task}, {count_params(net, True):,} of {count_params(net):,} "
           f"parameters train; {len(train_feats.ids)} examples, {total_steps} steps of {cfg.batch_size * cfg.grad_accum}; "
           f"device {device}, precision {amp_dtype or 'fp32'}, compile {'on' if compile else 'off'}"
@@ -374,8 +375,7 @@ def evaluate_and_keep(run: Run, epoch_done: float) -> dict:
         state["best"] = row.get(f"dev_{cfg.metric}")
         save_model(run)
     row["kept"] = better
-    with open(run.out / "metrics.jsonl", "a") as f:  # appended and flushed per line: never lost
-        f.write(json.dumps(row) + "\n")
+    append_line(run.out / "metrics.jsonl", json.dumps(row) + "\n")  # whole lines only, even on a full disk
     print("  eval " + " ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()),
           file=run.log)
     return row
