@@ -9,6 +9,7 @@ train() reads top to bottom in four phases: setup() builds a Run (data, model, o
 state of an interrupted run), run_epochs() steps through the batches, evaluate_and_keep() scores
 the dev set and keeps the best model, save_state() writes the checkpoint.
 """
+import contextlib
 import copy
 import dataclasses
 import json
@@ -30,6 +31,7 @@ from minift.checkpoint import append_line, atomic_write, load_train_state, save_
 from minift.config import BertConfig, bert_architecture
 from minift.data import length_batches
 from minift.errors import MiniftError
+from minift.lock import LOCK, run_lock
 from minift.model import count_params
 from minift.modes import apply_mode, merge_lora, parse_mode
 from minift.predict import run_model
@@ -137,25 +139,27 @@ def train(model: str, train: str, out: str, eval: str | None = None, resume: boo
     pytorch_model.bin load (through torch.load(weights_only=True)); the output is safetensors either way.
     Returns the last evaluation's row of metrics.jsonl (dev metrics when `eval` is given)."""
     log = sys.stderr if log is None else log  # looked up per call: sys.stderr may have been replaced since import
-    try:
-        cfg = RunConfig(model=str(model), train=str(train), out=str(out), eval=eval and str(eval), **options)
-    except TypeError as e:
-        raise MiniftError(f"train(): {e}") from None
-    cfg.check()
-    check_out_dir(Path(cfg.out), resume, overwrite)
-    run = setup(cfg, resume, allow_pickle, log)
-    # SIGINT / SIGTERM: finish the current step, save a checkpoint, leave cleanly.
-    stop = []
-    handlers = {}
-    if threading.current_thread() is threading.main_thread():  # Python allows handlers only there
-        handlers = {s: signal.signal(s, lambda n, f: stop.append(n)) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        return run_epochs(run, stop)
-    finally:
-        for s, h in handlers.items():  # whatever was there before, SIG_IGN included
-            signal.signal(s, h)
-        if run.world > 1:
-            leave_process_group(run)
+    # One run per directory, checked before anything else; under torchrun rank 0 holds it for all.
+    with run_lock(out, log) if os.environ.get("RANK", "0") == "0" else contextlib.nullcontext():
+        try:
+            cfg = RunConfig(model=str(model), train=str(train), out=str(out), eval=eval and str(eval), **options)
+        except TypeError as e:
+            raise MiniftError(f"train(): {e}") from None
+        cfg.check()
+        check_out_dir(Path(cfg.out), resume, overwrite)
+        run = setup(cfg, resume, allow_pickle, log)
+        # SIGINT / SIGTERM: finish the current step, save a checkpoint, leave cleanly.
+        stop = []
+        handlers = {}
+        if threading.current_thread() is threading.main_thread():  # Python allows handlers only there
+            handlers = {s: signal.signal(s, lambda n, f: stop.append(n)) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            return run_epochs(run, stop)
+        finally:
+            for s, h in handlers.items():  # whatever was there before, SIG_IGN included
+                signal.signal(s, h)
+            if run.world > 1:
+                leave_process_group(run)
 
 
 def check_out_dir(out: Path, resume: bool, overwrite: bool):
@@ -166,7 +170,7 @@ def check_out_dir(out: Path, resume: bool, overwrite: bool):
         return
     if out.exists() and not out.is_dir():
         raise MiniftError(f"--out {out}: exists and is not a directory")
-    if out.exists() and any(out.iterdir()) and not overwrite:
+    if out.exists() and any(p.name != LOCK for p in out.iterdir()) and not overwrite:
         raise MiniftError(f"--out {out}: the directory is not empty (it may hold another run). "
                           "Pass --resume to continue the run there, --overwrite to replace it, or choose another --out.")
 
