@@ -177,6 +177,12 @@ def read_texts(args) -> list[str]:
     return ds.texts
 
 
+def answer_first(text: str, result: dict) -> dict:
+    """A prediction record that reads at a glance: the answer (label, labels, score), the text, the rest."""
+    first = next(iter(result))
+    return {first: result[first], "text": text, **result}
+
+
 def write_lines(rows, output):
     """JSON lines to stdout, or to a file written whole under a temporary name, then renamed."""
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
@@ -230,7 +236,7 @@ def run(args):
         examples = read_inputs(args, task, tok, opts)
         rows = predict_examples(model, tok, task, examples, opts, args.batch_size, args.max_length, args.precision,
                                 args.quantize)
-        rows = [{"text": t, **r} for t, r in zip(examples.texts, rows)]
+        rows = [answer_first(t, r) for t, r in zip(examples.texts, rows)]
         if args.output and args.output.endswith(".json") and hasattr(task, "document"):
             write_document(task.document(rows), args.output)
         else:

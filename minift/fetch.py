@@ -46,8 +46,10 @@ WEIGHTS = {
 
 
 def _polarity(raw: bytes):
-    # Pang & Lee sentence polarity: BOM, no header, rows of "label","text" with labels 1 / -1.
-    return [(text, label) for label, text in csv.reader(io.StringIO(raw.decode("utf-8-sig"), newline=""))]
+    # Pang & Lee sentence polarity: BOM, no header, rows of "label","text" with labels 1 / -1, written out
+    # as the names they stand for, so that every output reads without a key.
+    names = {"-1": "negative", "1": "positive"}
+    return [(text, names[label]) for label, text in csv.reader(io.StringIO(raw.decode("utf-8-sig"), newline=""))]
 
 
 def _tweets(raw: bytes):

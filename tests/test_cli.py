@@ -88,9 +88,24 @@ def test_predict_texts(trained, capsys):
     want = predict(out, TEXTS[:3], precision="fp32", device="cpu")
     assert [r["text"] for r in got] == TEXTS[:3]
     for g, w in zip(got, want):
+        assert list(g) == ["label", "text", "probs"]  # the answer first, as a person reads it
         assert g["label"] == w["label"] and g["label"] in LABELS
         assert set(g["probs"]) == set(LABELS) and sum(g["probs"].values()) == pytest.approx(1, abs=1e-6)
         assert g["probs"] == pytest.approx(w["probs"], abs=1e-6)
+
+
+def test_numeric_labels_still_work(tiny_dir, tmp_path, capsys):
+    """Files written before labels had names (polarity's -1 / 1) train and predict as before: the names
+    are whatever the file holds, in numeric order."""
+    f = write_csv(tmp_path / "train.csv", [(t, ("-1", "1")[i % 2]) for i, t in enumerate(TEXTS * 2)])
+    out = tmp_path / "out"
+    assert main(["train", "--model", str(tiny_dir), "--train", str(f), "--out", str(out), "--max-steps", "2",
+                 "--batch-size", "4", "--compile", "off", *FAST]) == 0
+    assert json.loads((out / "config.json").read_text())["id2label"] == {"0": "-1", "1": "1"}
+    capsys.readouterr()
+    assert main(["predict", "--model", str(out), TEXTS[0], *FAST]) == 0
+    (got,) = lines(capsys.readouterr().out)
+    assert list(got) == ["label", "text", "probs"] and got["label"] in ("-1", "1") and set(got["probs"]) == {"-1", "1"}
 
 
 def test_predict_from_files_to_jsonl(trained, tmp_path, capsys):
