@@ -1,4 +1,4 @@
-"""The command line: minift fetch | embed | train | predict | eval.  (Also: python -m minift ...)"""
+"""The command line: minift fetch | embed | train | predict | eval | plot.  (Also: python -m minift ...)"""
 import argparse
 import dataclasses
 import json
@@ -103,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--device", default="auto")
         add_quantize(q)
         add_allow_pickle(q)
+
+    g = sub.add_parser("plot", help="training curves of one or more runs (needs matplotlib: the plot extra)")
+    g.add_argument("runs", nargs="+", metavar="RUN", help="run directories (the --out of train); several are overlaid")
+    g.add_argument("--output", default="curves.png", help="PNG file to write (default curves.png)")
     return p
 
 
@@ -241,6 +245,9 @@ def run(args):
             write_document(task.document(rows), args.output)
         else:
             write_lines(rows, args.output)
+    elif args.command == "plot":
+        from minift.plot import plot
+        print(f"wrote {plot(args.runs, args.output)}", file=sys.stderr)
     elif args.command == "eval":
         from minift.predict import evaluate
         result = evaluate(args.model, args.data, batch_size=args.batch_size, max_length=args.max_length,

@@ -58,7 +58,7 @@ def test_python_m_minift_help():
     r = subprocess.run([sys.executable, "-m", "minift", "--help"], capture_output=True, text=True, cwd=ROOT,
                        env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=120)
     assert r.returncode == 0, r.stderr
-    for command in ("fetch", "embed", "train", "predict", "eval"):
+    for command in ("fetch", "embed", "train", "predict", "eval", "plot"):
         assert command in r.stdout
 
 
