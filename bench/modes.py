@@ -7,7 +7,9 @@ after the first epoch, wall time and trainable parameters.
 
     python bench/modes.py [--sizes 200 800 3200] [--modes head top-2 full lora] [--epochs 3]
 
-Writes bench/results/modes.json and prints a Markdown table.
+Writes bench/results/modes.json, prints a Markdown table and draws it (needs matplotlib, the plot extra):
+modes.png (test accuracy and wall time against training-set size, a line per mode) and modes-curves.png
+(`minift plot` of every mode's run on the largest size, overlaid).
 """
 import argparse
 import csv
@@ -22,6 +24,7 @@ import torch
 from minift.model import count_params
 from minift.tasks.classify import BertClassifier
 from minift.modes import apply_mode
+from minift.plot import plot
 from minift.predict import evaluate
 from minift.train_loop import DEFAULT_LR, train
 
@@ -37,6 +40,30 @@ def subset(n: int, tmp: Path) -> Path:
     with open(path, "w", newline="", encoding="utf-8") as f:
         csv.writer(f).writerows(rows[: n + 1])
     return path
+
+
+def chart(rows: list[dict], path: Path):
+    """The table as a picture: test accuracy and wall time against the training-set size, a line per mode."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, (acc, wall) = plt.subplots(1, 2, figsize=(8, 3), dpi=100)
+    for mode in dict.fromkeys(r["mode"] for r in rows):
+        n, a, w = zip(*[(r["train_examples"], r["test_accuracy"], r["wall_s"]) for r in rows if r["mode"] == mode])
+        acc.plot(n, a, marker="o", label=mode)
+        wall.plot(n, w, marker="o", label=mode)
+    for ax, title in ((acc, "test accuracy"), (wall, "wall time, s")):
+        ax.set_xscale("log")
+        sizes = sorted({r["train_examples"] for r in rows})
+        ax.set_xticks(sizes, [str(n) for n in sizes])
+        ax.minorticks_off()
+        ax.set_xlabel("training examples")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+    acc.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def main():
@@ -73,6 +100,8 @@ def main():
     for r in rows:
         print(f"| {r['train_examples']} | {r['mode']} | {r['lr']:g} | {r['test_accuracy']:.3f} | "
               f"{r['dev_accuracy_epoch1']:.3f} | {r['wall_s']:.0f} | {r['trainable_params']:,} |")
+    chart(rows, out / "modes.png")
+    plot([out / f"modes-{mode}-{max(args.sizes)}" for mode in args.modes], out / "modes-curves.png")
 
 
 if __name__ == "__main__":
