@@ -237,10 +237,10 @@ def atomic_write(target: Path, write, size: int | None = None):
         tmp.unlink(missing_ok=True)
 
 
-def append_line(file: Path, line: str):
-    """Append one line whole or not at all: after a failed write the file is cut back to where it was,
-    so it never ends in half a line."""
-    data = line.encode("utf-8")
+def append_line(file: Path, lines: str):
+    """Append lines whole or not at all: after a failed or interrupted write (a full disk, Ctrl-C) the file
+    is cut back to where it was, so it never ends in part of a line."""
+    data = lines.encode("utf-8")
     fd = os.open(file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         start = os.fstat(fd).st_size
@@ -248,9 +248,11 @@ def append_line(file: Path, line: str):
             rest = memoryview(data)
             while rest:  # a write may stop short at the end of the space (or of a size limit)
                 rest = rest[os.write(fd, rest):]
-        except OSError as e:
+        except BaseException as e:
             os.ftruncate(fd, start)
-            raise MiniftError(write_error(file, e, len(data))) from None
+            if isinstance(e, OSError):
+                raise MiniftError(write_error(file, e, len(data))) from None
+            raise
     finally:
         os.close(fd)
 

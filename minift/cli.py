@@ -64,7 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("texts", nargs="*", help="texts to embed")
     e.add_argument("--input", help="file with one text per line (.txt), or a .csv/.tsv/.jsonl with a text column")
     e.add_argument("--text-column", default="text")
-    e.add_argument("--output", help=".npy (float32 [N, H]) or .jsonl; default: JSON lines on stdout")
+    e.add_argument("--output", help=".npy (float32 [N, H]; an empty text's row is NaN) or .jsonl, written as they "
+                                    "are done; default: JSON lines on stdout")
+    add_resume(e)
     e.add_argument("--max-length", type=int, default=256, help="tokens per text (256, as sentence-transformers "
                                                                 "uses for all-MiniLM-L6-v2)")
     e.add_argument("--batch-size", type=int, default=64)
@@ -92,8 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
                            help="the passage that answers each --question (qa); the second text of each pair")
             q.add_argument("--input", help="file with one text per line (.txt), or a .csv/.tsv/.jsonl "
                                            "(qa: SQuAD .json or .jsonl)")
-            q.add_argument("--output", help="write JSON lines here instead of stdout (qa: a .json name gets the "
-                                            "official SQuAD evaluation's {id: answer})")
+            q.add_argument("--output", help="write JSON lines here, as they are done, instead of to stdout (qa: a "
+                                            ".json name gets the official SQuAD evaluation's {id: answer})")
+            add_resume(q)
         else:
             q.add_argument("--data", required=True, help="labelled .csv/.tsv/.jsonl file (qa: SQuAD .json or .jsonl)")
         add_fields(q, TaskOptions)
@@ -123,6 +126,12 @@ def add_fields(parser, dataclass, skip=()):
         typ = types.get(field.name) or {int: int, float: float}.get(type(field.default), str)
         help_ = TRAIN_HELP[field.name] + (f" (default {field.default})" if field.default is not None else "")
         parser.add_argument(flag, type=typ, default=field.default, help=help_)
+
+
+def add_resume(parser):
+    parser.add_argument("--resume-from-output", action="store_true",
+                        help="--output holds the lines of an interrupted run: keep its complete lines and continue "
+                             "with the input record after them")
 
 
 def add_quantize(parser):
@@ -163,22 +172,19 @@ def read_txt(path: Path) -> list[str]:
         raise MiniftError(f"{path}: cannot be read as UTF-8 text ({e})") from None
 
 
-def read_texts(args) -> list[str]:
-    """embed's texts: on the command line, the lines of a .txt, or the text column of a .csv/.tsv/.jsonl."""
-    if args.texts and args.input:
+def records_of(args, text_column="text", text_pair_column=None):
+    """The (text, pair) records that predict and embed stream: from the command line, or from --input."""
+    texts, pairs = args.texts + getattr(args, "question", []), getattr(args, "context", []) or None
+    if texts and args.input:
         raise MiniftError("give texts on the command line or --input FILE, not both")
     if not args.input:
-        if not args.texts:
+        if not texts:
             raise MiniftError("no texts: give them as arguments or with --input FILE")
-        return args.texts
-    path = Path(args.input)
-    if path.suffix.lower() == ".txt":
-        return read_txt(path)
-    from minift.data import read_dataset
-    ds = read_dataset(path, args.text_column, None, need_labels=False)
-    if ds.skipped_empty:  # the output then has fewer rows than the file: say why
-        print(f"{path}: skipped {ds.skipped_empty} row(s) with empty text", file=sys.stderr)
-    return ds.texts
+        if pairs is not None and len(pairs) != len(texts):
+            raise MiniftError(f"{len(texts)} text(s) or question(s) but {len(pairs)} --context: give one each")
+        return list(zip(texts, pairs or [None] * len(texts)))
+    from minift.stream import records
+    return records(args.input, text_column, text_pair_column)
 
 
 def answer_first(text: str, result: dict) -> dict:
@@ -212,21 +218,22 @@ def run(args):
         fetch = fetch_weights if args.kind == "weights" else fetch_data
         fetch(args.name, args.dir or args.kind, source=args.source)
     elif args.command == "embed":
-        from minift.predict import embed
-        texts = read_texts(args)
-        vectors = embed(args.model, texts, batch_size=args.batch_size, max_length=args.max_length,
-                        allow_pickle=args.allow_pickle, quantize=args.quantize)
-        if args.output and args.output.endswith(".npy"):
-            import numpy as np
-            from minift.checkpoint import atomic_write
+        from minift.predict import embed_texts, load_encoder
+        from minift.stream import stream, stream_npy
+        model, tok = load_encoder(args.model, allow_pickle=args.allow_pickle, quantize=args.quantize)
 
-            def save(f):
-                with open(f, "wb") as fh:  # a file object: given a name, np.save would append .npy to it
-                    np.save(fh, vectors.numpy())
-            atomic_write(Path(args.output), save, vectors.numpy().nbytes)
-            print(f"wrote {tuple(vectors.shape)} float32 to {args.output}", file=sys.stderr)
+        def vectors(texts, pairs=None):  # [n, H]
+            return embed_texts(model, tok, texts, args.batch_size, args.max_length)
+
+        def as_json(texts, pairs=None):
+            return [{"text": t, "embedding": v} for t, v in zip(texts, vectors(texts).tolist())]
+        if args.output and args.output.endswith(".npy"):
+            if args.resume_from_output:
+                raise MiniftError("--resume-from-output continues JSON lines; a .npy output is written whole")
+            stream_npy(lambda: records_of(args, args.text_column), vectors, model.config.hidden_size, args.output)
         else:
-            write_lines([{"text": t, "embedding": v} for t, v in zip(texts, vectors.tolist())], args.output)
+            stream(records_of(args, args.text_column), as_json, args.output, args.resume_from_output,
+                   args.input or "the texts")
     elif args.command == "train":
         from minift.train_loop import train
         opts = {k: v for k, v in vars(args).items() if k != "command"}
@@ -237,14 +244,31 @@ def run(args):
         from minift.predict import load, predict_examples, task_options
         model, tok, task = load(args.model, args.device, args.allow_pickle)
         opts = task_options(options_of(args))
-        examples = read_inputs(args, task, tok, opts)
-        rows = predict_examples(model, tok, task, examples, opts, args.batch_size, args.max_length, args.precision,
-                                args.quantize)
-        rows = [answer_first(t, r) for t, r in zip(examples.texts, rows)]
-        if args.output and args.output.endswith(".json") and hasattr(task, "document"):
-            write_document(task.document(rows), args.output)
+        # One answer per text or pair is streamed; a task's own file formats (qa: SQuAD, tag: CoNLL, ...)
+        # and documents (qa's .json) are read and written whole.
+        from minift.tasks.classify import Classify
+        own_format = args.input and (getattr(opts, "format", None) or
+                                     Path(args.input).suffix.lower() != ".txt" and not isinstance(task, Classify))
+        if hasattr(task, "document") or own_format:
+            if args.resume_from_output:
+                raise MiniftError(f"--resume-from-output: {task.name} predictions are written whole, not streamed")
+            examples = read_inputs(args, task, tok, opts)
+            rows = predict_examples(model, tok, task, examples, opts, args.batch_size, args.max_length, args.precision,
+                                    args.quantize)
+            rows = [answer_first(t, r) for t, r in zip(examples.texts, rows)]
+            if args.output and args.output.endswith(".json") and hasattr(task, "document"):
+                write_document(task.document(rows), args.output)
+            else:
+                write_lines(rows, args.output)
         else:
-            write_lines(rows, args.output)
+            from minift.stream import stream
+
+            def answer(texts, pairs):
+                rows = predict_examples(model, tok, task, task.from_texts(texts, pairs, tok), opts, args.batch_size,
+                                        args.max_length, args.precision, args.quantize)
+                return [answer_first(t, r) for t, r in zip(texts, rows)]
+            stream(records_of(args, opts.text_column, opts.text_pair_column), answer, args.output,
+                   args.resume_from_output, args.input or "the texts")
     elif args.command == "plot":
         from minift.plot import plot
         print(f"wrote {plot(args.runs, args.output)}", file=sys.stderr)

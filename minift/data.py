@@ -41,7 +41,8 @@ def read_dataset(path, text_column="text", text_pair_column=None, label_column="
                           f"(e.g. `iconv -f latin1 -t utf-8`).") from None
     text_columns = [text_column] + ([text_pair_column] if text_pair_column else [])
     columns = text_columns + ([label_column] if need_labels else [])
-    records = _read_jsonl(path, text) if fmt == "jsonl" else _read_csv(path, text, "\t" if fmt == "tsv" else ",")
+    records = (_read_jsonl(path, text.split("\n")) if fmt == "jsonl"  # not splitlines(): JSON strings may hold U+2028
+               else _read_csv(path, io.StringIO(text, newline=""), "\t" if fmt == "tsv" else ","))
 
     ds = Dataset(path, [], [] if text_pair_column else None, [] if need_labels else None, [])
     for line, record in records:
@@ -69,9 +70,9 @@ def read_dataset(path, text_column="text", text_pair_column=None, label_column="
     return ds
 
 
-def _read_csv(path, text, delimiter):
-    # Parse the whole file at once so newlines inside quoted fields stay part of the field.
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+def _read_csv(path, lines, delimiter):
+    # lines: a text stream opened with newline="", so that newlines inside quoted fields stay part of the field.
+    reader = csv.reader(lines, delimiter=delimiter)
     try:
         header = [h.strip() for h in next(reader, [])]
         start = reader.line_num + 1
@@ -87,9 +88,12 @@ def _read_csv(path, text, delimiter):
         raise MiniftError(f"{path}, line {reader.line_num}: malformed CSV ({e}).") from None
 
 
-def _read_jsonl(path, text):
-    for line, s in enumerate(text.split("\n"), 1):  # not splitlines(): JSON strings may hold U+2028
+def _read_jsonl(path, lines, blanks=False):
+    """(line number, object) per line of `lines`; blank lines are left out, or give (line number, None)."""
+    for line, s in enumerate(lines, 1):
         if not s.strip():
+            if blanks:
+                yield line, None
             continue
         try:
             obj = json.loads(s)

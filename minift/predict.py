@@ -118,20 +118,29 @@ def evaluate(model_dir, data, text_column="text", text_pair_column=None, label_c
             "skipped_empty": getattr(examples, "skipped_empty", 0)}
 
 
-@torch.inference_mode()
 def embed(model_dir, texts: list[str], batch_size: int = 64, max_length: int = 256, device: str = "auto",
           allow_pickle: bool = False, quantize: str | None = None) -> torch.Tensor:
     """Sentence embeddings [N, H], fp32: the mean of the last hidden states over real tokens, L2-normalised
     (what sentence-transformers computes for all-MiniLM-L6-v2). max_length is capped at the model's positions."""
+    model, tok = load_encoder(model_dir, device, allow_pickle, quantize)
+    return embed_texts(model, tok, texts, batch_size, max_length)
+
+
+def load_encoder(model_dir, device="auto", allow_pickle=False, quantize: str | None = None):
+    """A model directory's encoder (any head left out) in eval mode on device, and its tokenizer."""
     from minift.model import Bert
-    dev = pick_device(device)
-    model = Bert.from_pretrained(model_dir, allow_pickle=allow_pickle).to(dev).eval()
+    model = Bert.from_pretrained(model_dir, allow_pickle=allow_pickle).to(pick_device(device)).eval()
     if quantize:
         from minift.quantize import quantize as quantize_model
         quantize_model(model, quantize)
+    return model, Tokenizer.from_dir(model_dir)
+
+
+@torch.inference_mode()
+def embed_texts(model, tok, texts: list[str], batch_size: int = 64, max_length: int = 256) -> torch.Tensor:
     max_length = min(max_length, model.config.max_position_embeddings)
     check_sizes(model, batch_size, max_length)
-    tok = Tokenizer.from_dir(model_dir)
+    dev = next(model.parameters()).device
     ids, types = tok.encode(texts, None, max_length)
     out = torch.empty(len(texts), model.config.hidden_size)
     for idx in length_batches([len(x) for x in ids], batch_size, seed=None):

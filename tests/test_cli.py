@@ -111,18 +111,22 @@ def test_numeric_labels_still_work(tiny_dir, tmp_path, capsys):
 def test_predict_from_files_to_jsonl(trained, tmp_path, capsys):
     out = trained[0]
     txt = tmp_path / "in.txt"
-    txt.write_text("a good film\n\n  \nthe worst plot\nit was fine\n")  # blank lines are skipped
+    txt.write_text("a good film\n\n  \nthe worst plot\nit was fine\n")  # blank lines get a skipped record
     src = write_csv(tmp_path / "in.csv", [("x", "a good film"), ("y", "the worst plot"), ("z", "it was fine")],
                     header=("id", "review"))
     want = predict(out, TEXTS[:3], precision="fp32", device="cpu")
-    for args in (["--input", str(txt)], ["--input", str(src), "--text-column", "review"]):
+    skipped = [{"text": "", "skipped": "empty text"}, {"text": "  ", "skipped": "empty text"}]
+    for args, n in ((["--input", str(txt)], 5), (["--input", str(src), "--text-column", "review"], 3)):
         dest = tmp_path / "pred.jsonl"
         dest.unlink(missing_ok=True)
         assert main(["predict", "--model", str(out), *args, "--output", str(dest), *FAST]) == 0
         captured = capsys.readouterr()
         assert captured.out == ""
-        assert f"wrote 3 rows to {dest}" in captured.err
+        assert f"wrote {n} lines to {dest}" in captured.err
         got = lines(dest.read_text())
+        if n == 5:  # line N answers line N
+            assert got[1:3] == skipped
+            got = got[:1] + got[3:]
         assert [r["text"] for r in got] == TEXTS[:3]
         assert [r["label"] for r in got] == [r["label"] for r in want]
 

@@ -228,7 +228,8 @@ BAD_DATA = {
                         ["no column 'label' in the object on line 2", "'text'"]),
     "not-utf8": ("x.csv", b"text,label\nok,positive\ncaf\xe9,negative\n", ("train", "eval", "predict"),
                  ["byte 26 (line 3) is b'\\xe9'", "not valid UTF-8"]),
-    "only-empty-texts": ("x.csv", b'text,label\n"  ",positive\n,negative\n', ("train", "eval", "predict"),
+    # predict answers every record, an empty one with a skipped record (test_empty_texts_are_skipped...)
+    "only-empty-texts": ("x.csv", b'text,label\n"  ",positive\n,negative\n', ("train", "eval"),
                          ["no examples (all 2 rows have empty text)"]),
     "single-class": ("x.csv", b"text,label\ngood,positive\ngreat,positive\n", ("train",),
                      ["1 distinct label(s) (positive)", "at least 2 classes"]),
@@ -345,9 +346,10 @@ def test_empty_texts_are_skipped_and_counted_on_stderr(tiny_dir, tmp_path):
             assert stderr.getvalue().count(f"{f}: skipped 2 example(s) with empty text") == 2
         else:
             assert f"{f}: skipped 2 row(s) with empty text" in stderr.getvalue(), command
-        if command in ("predict", "embed"):
-            assert [json.loads(line)["text"] for line in stdout.getvalue().splitlines()] == \
-                ["good film", "bad plot", "it was ok"]
+        if command in ("predict", "embed"):  # one line per row: an empty one says it was skipped
+            got = [json.loads(line) for line in stdout.getvalue().splitlines()]
+            assert [r["text"] for r in got] == ["good film", "", "bad plot", "", "it was ok"]
+            assert [r.get("skipped") for r in got] == [None, "empty text", None, "empty text", None]
         if command == "eval":
             result = json.loads(stdout.getvalue())
             assert result["examples"] == 3 and result["skipped_empty"] == 2
