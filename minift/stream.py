@@ -93,7 +93,7 @@ def done_lines(output: Path) -> tuple[int, str | None]:
         raise MiniftError(f"--resume-from-output: the last line of {output} is not a record minift wrote") from None
 
 
-def stream(recs, answer, output=None, resume=False, source="input", chunk=CHUNK, log=None) -> int:
+def stream(recs, answer, output=None, resume=False, source="input", log=None) -> int:
     """answer(texts, pairs) -> one dict per text, for the non-empty records of every chunk of `recs`;
     the JSON lines go to `output` (or stdout) as each chunk is done. Returns the number of lines written."""
     log = sys.stderr if log is None else log
@@ -112,7 +112,7 @@ def stream(recs, answer, output=None, resume=False, source="input", chunk=CHUNK,
     elif output is not None and Path(output).exists():
         raise MiniftError(f"--output {output}: exists. Pass --resume-from-output to continue it, or remove it")
     written = skipped = 0
-    while batch := list(islice(recs, chunk)):
+    while batch := list(islice(recs, CHUNK)):
         keep = [i for i, (text, _) in enumerate(batch) if text.strip()]
         skipped += len(batch) - len(keep)
         pairs = [batch[i][1] for i in keep] if any(batch[i][1] is not None for i in keep) else None
@@ -132,7 +132,7 @@ def stream(recs, answer, output=None, resume=False, source="input", chunk=CHUNK,
     return written
 
 
-def stream_npy(make_records, vectors, dim: int, output, chunk=CHUNK, log=None) -> int:
+def stream_npy(make_records, vectors, dim: int, output, log=None) -> int:
     """vectors(texts) -> [n, dim] for the non-empty records, written row by row into a float32 .npy that
     is renamed into place when whole (a .npy states its row count first: the input is read twice). An
     empty record's row is NaN. make_records() gives a fresh iterator of the records each time."""
@@ -144,7 +144,7 @@ def stream_npy(make_records, vectors, dim: int, output, chunk=CHUNK, log=None) -
     def write(tmp):
         rows = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, dim))
         recs, at = iter(make_records()), 0
-        while batch := list(islice(recs, chunk)):
+        while batch := list(islice(recs, CHUNK)):
             keep = [i for i, (text, _) in enumerate(batch) if text.strip()]
             rows[at:at + len(batch)] = np.nan
             if keep:
