@@ -1,4 +1,5 @@
-"""Properties on arbitrary input (hypothesis): the tokenizer and the data readers.
+"""Properties on arbitrary input (hypothesis): the tokenizer, the data readers (whole and streamed), and
+the readers of metrics.jsonl (minift plot) and of an earlier output (--resume-from-output).
 
 Bounded (60 examples a test) and derandomized, so every run, in CI too, tries the same examples.
 """
@@ -12,6 +13,8 @@ from hypothesis import strategies as st
 
 from minift.data import read_dataset
 from minift.errors import MiniftError
+from minift.plot import read_metrics
+from minift.stream import done_lines, records
 from minift.tokenizer import Tokenizer
 
 # tmp_path is shared by a test's examples: each example rewrites its file, so that is fine
@@ -122,3 +125,53 @@ def test_malformed_bytes_are_read_or_refused(tmp_path, suffix, body, with_header
         assert str(path) in str(e)  # every refusal names the file
         return
     assert len(ds.texts) == len(ds.labels) == len(ds.lines) and all(t == t.strip() and t for t in ds.texts)
+
+
+# ---- the streaming reader of predict / embed, and the readers of earlier outputs ----
+
+@BOUNDED
+@given(suffix=st.sampled_from(sorted(HEADERS) + [".txt"]), body=st.one_of(st.binary(max_size=200), SYNTAX),
+       with_header=st.booleans())
+def test_streamed_records_of_malformed_bytes_are_read_or_refused(tmp_path, suffix, body, with_header):
+    path = tmp_path / f"x{suffix}"
+    path.write_bytes((HEADERS.get(suffix, b"") if with_header else b"") + body)
+    try:
+        got = list(records(path))
+    except MiniftError as e:
+        assert str(path) in str(e)
+        return
+    assert all(isinstance(t, str) and p is None for t, p in got)
+    if suffix == ".txt":  # one record per line, as wc -l counts lines
+        assert len(got) == path.read_bytes().count(b"\n") + (not path.read_bytes().endswith(b"\n") and bool(body))
+
+
+@BOUNDED
+@given(rows=ROWS, delimiter=st.sampled_from([",", "\t"]))
+def test_streamed_records_answer_every_row(tmp_path, rows, delimiter):
+    """Unlike read_dataset, which skips empty texts, the stream keeps them: record N is row N."""
+    buf = io.StringIO(newline="")
+    w = csv.writer(buf, delimiter=delimiter)
+    w.writerow(["text", "label"])
+    w.writerows(rows)
+    path = tmp_path / ("x.csv" if delimiter == "," else "x.tsv")
+    path.write_bytes(buf.getvalue().encode("utf-8"))
+    assert [t for t, _ in records(path)] == [text.strip() for text, _ in rows]
+
+
+@BOUNDED
+@given(body=st.one_of(st.binary(max_size=300), SYNTAX))
+def test_metrics_and_earlier_outputs_are_read_or_refused(tmp_path, body):
+    (tmp_path / "metrics.jsonl").write_bytes(body)
+    try:
+        rows = read_metrics(tmp_path)
+        assert rows and all(isinstance(r["step"], int) for r in rows)
+    except MiniftError as e:
+        assert str(tmp_path) in str(e)
+    out = tmp_path / "out.jsonl"
+    out.write_bytes(body)
+    try:
+        n, _ = done_lines(out)
+        assert n == body.count(b"\n")
+    except MiniftError as e:
+        assert str(out) in str(e)
+    assert out.read_bytes() == body[:body.rfind(b"\n") + 1]  # a torn last line is cut off, whatever else
