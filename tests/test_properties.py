@@ -1,4 +1,5 @@
-"""Properties on arbitrary input (hypothesis): the tokenizer, the data readers (whole and streamed), and
+"""Properties on arbitrary input (hypothesis): the tokenizer, the data readers (whole and streamed, and
+question answering's SQuAD JSON / JSON Lines), and
 the readers of metrics.jsonl (minift plot) and of an earlier output (--resume-from-output).
 
 Bounded (60 examples a test) and derandomized, so every run, in CI too, tries the same examples.
@@ -15,6 +16,7 @@ from minift.data import read_dataset
 from minift.errors import MiniftError
 from minift.plot import read_metrics
 from minift.stream import done_lines, records
+from minift.tasks import qa
 from minift.tokenizer import Tokenizer
 
 # tmp_path is shared by a test's examples: each example rewrites its file, so that is fine
@@ -175,3 +177,62 @@ def test_metrics_and_earlier_outputs_are_read_or_refused(tmp_path, body):
     except MiniftError as e:
         assert str(out) in str(e)
     assert out.read_bytes() == body[:body.rfind(b"\n") + 1]  # a torn last line is cut off, whatever else
+
+
+# ---- question answering's SQuAD reader ----
+
+KEYS = ["data", "paragraphs", "context", "qas", "id", "question", "answers", "text", "answer_start",
+        "is_impossible", "title"]
+JSON = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(-3, 40), st.sampled_from(["", " ", "a b", "b"])),
+                    lambda inner: st.one_of(st.lists(inner, max_size=3),
+                                            st.dictionaries(st.sampled_from(KEYS), inner, max_size=5)),
+                    max_leaves=25)
+
+
+def check_squad(path):
+    try:
+        ds = qa.read(path, labelled=True)
+    except MiniftError as e:
+        assert str(path) in str(e)  # every refusal names the file
+        return
+    assert len(ds.ids) == len(ds.questions) == len(ds.contexts) == len(ds.answers) == len(set(ds.ids)) > 0
+    for context, gold in zip(ds.contexts, ds.answers):
+        assert all(context[start:start + len(text)] == text for text, start in gold)
+
+
+@BOUNDED
+@given(doc=JSON, whole=st.booleans())
+def test_squad_json_of_random_structure_is_read_or_refused(tmp_path, doc, whole):
+    """Random structure as the whole document, or as its questions (right outer layers, anything inside)."""
+    path = tmp_path / "x.json"
+    if not whole:
+        doc = {"data": [{"paragraphs": [{"context": "a b", "qas": doc if isinstance(doc, list) else [doc]}]}]}
+    path.write_text(json.dumps(doc))
+    check_squad(path)
+
+
+@BOUNDED
+@given(answers=JSON, jsonl=st.booleans())
+def test_squad_answers_of_random_structure_are_read_or_refused(tmp_path, answers, jsonl):
+    """A well-formed question whose answers are anything."""
+    rec = {"id": 1, "question": "b", "answers": answers}
+    path = tmp_path / ("x.jsonl" if jsonl else "x.json")
+    path.write_text(json.dumps({**rec, "context": "a b"}) + "\n" if jsonl else
+                    json.dumps({"data": [{"paragraphs": [{"context": "a b", "qas": [rec]}]}]}))
+    check_squad(path)
+
+
+@BOUNDED
+@given(recs=st.lists(JSON, max_size=4))
+def test_squad_jsonl_of_random_structure_is_read_or_refused(tmp_path, recs):
+    path = tmp_path / "x.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    check_squad(path)
+
+
+@BOUNDED
+@given(suffix=st.sampled_from([".json", ".jsonl"]), body=st.one_of(st.binary(max_size=200), SYNTAX))
+def test_squad_malformed_bytes_are_read_or_refused(tmp_path, suffix, body):
+    path = tmp_path / f"x{suffix}"
+    path.write_bytes(body)
+    check_squad(path)

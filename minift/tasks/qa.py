@@ -201,7 +201,7 @@ def add_example(ds: Examples, where: str, rec: dict, labelled: bool):
         if rec.get("answers") is None:
             raise MiniftError(f"{ds.path}, {where}: no 'answers' field (an unanswerable question has an empty list)")
         gold = []
-        for a in rec["answers"]:
+        for a in need(ds.path, where, rec, "answers", list):
             text, start = need(ds.path, where, a, "text", str), need(ds.path, where, a, "answer_start", int)
             if not text.strip():
                 raise MiniftError(f"{ds.path}, {where}: an answer's text is empty")
