@@ -16,7 +16,7 @@ from minift.data import read_dataset
 from minift.errors import MiniftError
 from minift.plot import read_metrics
 from minift.stream import done_lines, records
-from minift.tasks import qa
+from minift.tasks import qa, tag
 from minift.tokenizer import Tokenizer
 
 # tmp_path is shared by a test's examples: each example rewrites its file, so that is fine
@@ -236,3 +236,21 @@ def test_squad_malformed_bytes_are_read_or_refused(tmp_path, suffix, body):
     path = tmp_path / f"x{suffix}"
     path.write_bytes(body)
     check_squad(path)
+
+
+# ---- token tagging's readers: CoNLL, JSON Lines, word/TAG ----
+
+@BOUNDED
+@given(suffix=st.sampled_from([".conll", ".jsonl", ".txt"]), labelled=st.booleans(),
+       body=st.one_of(st.binary(max_size=200), SYNTAX, st.text(alphabet=" \t\n/abBIO-_X0", max_size=80).map(str.encode)))
+def test_tagged_files_of_malformed_bytes_are_read_or_refused(tmp_path, suffix, labelled, body):
+    path = tmp_path / f"x{suffix}"
+    path.write_bytes(body)
+    try:
+        ds = tag.read_tagged(path, labelled=labelled)
+    except MiniftError as e:
+        assert str(path) in str(e)  # every refusal names the file
+        return
+    assert len(ds.words) > 0 and all(ws and all(w for w in ws) for ws in ds.words)
+    if labelled:
+        assert [len(t) for t in ds.tags] == [len(w) for w in ds.words]
