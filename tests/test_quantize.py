@@ -28,8 +28,10 @@ from minift.tokenizer import Tokenizer
 POLARITY = ROOT / "data" / "polarity"
 
 
-def polarity_classifier(minilm_dir):
-    net = apply_mode(BertClassifier.from_pretrained(minilm_dir, id2label={0: "-1", 1: "1"}), "lora")  # rank 8
+def polarity_classifier(minilm_dir, names=("-1", "1")):
+    # The fixture's class 0 is the negative class and 1 the positive one, whatever the file calls them:
+    # -1 / 1 before fetch named them, negative / positive since (both sort to that order).
+    net = apply_mode(BertClassifier.from_pretrained(minilm_dir, id2label=dict(enumerate(names))), "lora")  # rank 8
     state = {k: v.float() for k, v in load_file(FIXTURES / "polarity_lora.safetensors").items()}
     _, unexpected = net.load_state_dict(state, strict=False)
     assert not unexpected and len(state) == 4 * 2 * net.config.num_hidden_layers + 4  # A, B per linear; head
@@ -42,7 +44,7 @@ def test_int8_agrees_with_fp32_on_polarity(minilm_dir):
     task, opts = TASKS["classify"], task_options({})
     examples = task.read(POLARITY / "test.csv", opts)
     tok = Tokenizer.from_dir(minilm_dir)
-    net = polarity_classifier(minilm_dir)
+    net = polarity_classifier(minilm_dir, ("negative", "positive") if "positive" in examples.labels else ("-1", "1"))
 
     def logits(precision, quantize=None):  # what `minift eval` computes, [N, 2]; and the labels [N]
         out, feats = outputs_of(net, tok, task, examples, opts, 64, 128, precision, quantize)
