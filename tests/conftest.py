@@ -1,8 +1,11 @@
 import os
+import signal
 from pathlib import Path
 
 import pytest
 import torch
+
+import minift.train_loop
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -31,3 +34,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def interrupt_at(monkeypatch, at):
+    """Deliver SIGINT to this process during training step `at`, as Ctrl-C would (the resume tests of every task)."""
+    real, calls = minift.train_loop.train_step, []
+
+    def step(*args, **kwargs):
+        result = real(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == at:
+            os.kill(os.getpid(), signal.SIGINT)
+        return result
+    monkeypatch.setattr(minift.train_loop, "train_step", step)

@@ -24,6 +24,7 @@ from minift.tasks.classify import BertClassifier
 from minift.tasks.mlm import BertForMaskedLM, Texts, mask_tokens, pack
 from minift.tokenizer import Tokenizer
 from minift.train_loop import train
+from conftest import interrupt_at
 
 WORDS = ("the movie film story plot good bad great awful love hate fun boring funny sad happy dull fine "
          "best worst not very really i you we it was is zebra quixotic blurb").split()  # the last three: pieces
@@ -393,16 +394,6 @@ def test_bad_inputs(tiny_dir, texts, tmp_path):
 
 # ---- resume ----
 
-def interrupt_at(monkeypatch, at):
-    real, calls = minift.train_loop.train_step, []
-
-    def step(*args, **kwargs):
-        result = real(*args, **kwargs)
-        calls.append(1)
-        if len(calls) == at:
-            os.kill(os.getpid(), signal.SIGINT)
-        return result
-    monkeypatch.setattr(minift.train_loop, "train_step", step)
 
 
 @pytest.mark.parametrize("at", [3, 8])  # mid-epoch; at the end of the first epoch (32 sequences, batches of 4)

@@ -32,6 +32,7 @@ from minift.tasks import TaskOptions
 from minift.tasks.qa import QA, BertQA, best_answers, make_features, squad_metrics
 from minift.tokenizer import Tokenizer
 from minift.train_loop import train
+from conftest import interrupt_at
 
 TOL = 1e-5
 FAST = dict(precision="fp32", compile="off", device="cpu")
@@ -559,17 +560,6 @@ def test_cli_predict_and_eval(memorised, tmp_path, capsys):
     assert "--context" in capsys.readouterr().err
 
 
-def interrupt_at(monkeypatch, at):
-    """Deliver SIGINT to this process during step `at`, as Ctrl-C would."""
-    real, calls = minift.train_loop.train_step, []
-
-    def step(*args, **kwargs):
-        result = real(*args, **kwargs)
-        calls.append(1)
-        if len(calls) == at:
-            os.kill(os.getpid(), signal.SIGINT)
-        return result
-    monkeypatch.setattr(minift.train_loop, "train_step", step)
 
 
 def test_resume_is_bit_identical(tiny_dir, tmp_path, monkeypatch):

@@ -36,6 +36,7 @@ from minift.predict import evaluate, predict
 from minift.tokenizer import Tokenizer
 from minift.train_loop import train
 from minift.train_step import make_loss_fn, make_optimizer, make_schedule, train_step
+from conftest import interrupt_at
 
 CPU = torch.device("cpu")
 WORDS = ("the movie film story plot good bad great awful love hate fun boring funny sad happy dull fine "
@@ -366,17 +367,6 @@ def uninterrupted(tiny_dir, clf_data, tmp_path_factory):
     return out, row
 
 
-def interrupt_at(monkeypatch, at):
-    """Deliver SIGINT to this process during step `at`, as Ctrl-C would."""
-    real, calls = minift.train_loop.train_step, []
-
-    def step(*args, **kwargs):
-        result = real(*args, **kwargs)
-        calls.append(1)
-        if len(calls) == at:
-            os.kill(os.getpid(), signal.SIGINT)
-        return result
-    monkeypatch.setattr(minift.train_loop, "train_step", step)
 
 
 @pytest.mark.parametrize("at", [5, 10, 12])  # mid-epoch; at the end of epoch 1; at the very last step
