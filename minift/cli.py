@@ -147,15 +147,10 @@ def add_allow_pickle(parser):
 
 def read_inputs(args, task, tok, opts):
     """predict's examples: the texts on the command line, the lines of a .txt, or a file the task reads."""
-    texts, pairs = args.texts + args.question, args.context or None
-    if texts and args.input:
-        raise MiniftError("give texts on the command line or --input FILE, not both")
     if not args.input:
-        if not texts:
-            raise MiniftError("no texts: give them as arguments or with --input FILE")
-        if pairs is not None and len(pairs) != len(texts):
-            raise MiniftError(f"{len(texts)} text(s) or question(s) but {len(pairs)} --context: give one each")
-        return task.from_texts(texts, pairs, tok)
+        return task.from_texts(*command_line_texts(args), tok)
+    if args.texts + getattr(args, "question", []):
+        raise MiniftError("give texts on the command line or --input FILE, not both")
     path = Path(args.input)
     if path.suffix.lower() == ".txt" and not opts.format:  # with --format, a file the task reads
         return task.from_texts(read_txt(path), None, tok)
@@ -163,6 +158,16 @@ def read_inputs(args, task, tok, opts):
     if getattr(examples, "skipped_empty", 0):  # the output then has fewer rows than the file: say why
         print(f"{path}: skipped {examples.skipped_empty} row(s) with empty text", file=sys.stderr)
     return examples
+
+
+def command_line_texts(args) -> tuple[list[str], list[str] | None]:
+    """(texts, pairs) typed on the command line: texts and --question, with --context as the pairs."""
+    texts, pairs = args.texts + getattr(args, "question", []), getattr(args, "context", []) or None
+    if not texts:
+        raise MiniftError("no texts: give them as arguments or with --input FILE")
+    if pairs is not None and len(pairs) != len(texts):
+        raise MiniftError(f"{len(texts)} text(s) or question(s) but {len(pairs)} --context: give one each")
+    return texts, pairs
 
 
 def read_txt(path: Path) -> list[str]:
@@ -174,15 +179,11 @@ def read_txt(path: Path) -> list[str]:
 
 def records_of(args, text_column="text", text_pair_column=None):
     """The (text, pair) records that predict and embed stream: from the command line, or from --input."""
-    texts, pairs = args.texts + getattr(args, "question", []), getattr(args, "context", []) or None
-    if texts and args.input:
-        raise MiniftError("give texts on the command line or --input FILE, not both")
     if not args.input:
-        if not texts:
-            raise MiniftError("no texts: give them as arguments or with --input FILE")
-        if pairs is not None and len(pairs) != len(texts):
-            raise MiniftError(f"{len(texts)} text(s) or question(s) but {len(pairs)} --context: give one each")
+        texts, pairs = command_line_texts(args)
         return list(zip(texts, pairs or [None] * len(texts)))
+    if args.texts + getattr(args, "question", []):
+        raise MiniftError("give texts on the command line or --input FILE, not both")
     from minift.stream import records
     return records(args.input, text_column, text_pair_column)
 
