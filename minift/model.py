@@ -2,8 +2,8 @@
 minift/tasks/.
 
 Shapes: B batch, T tokens, N real (non-padding) tokens of the batch, H hidden, E embedding width,
-nh heads, hd = H // nh head size, I intermediate. Between attentions, activations are [N, H]:
-padding costs nothing there (see Packing).
+nh heads, hd = H // nh head size, I intermediate, R >= N packed rows. Between attentions, activations
+are [R, H]: padding costs nothing there (see Packing).
 BERT: post-LayerNorm residual blocks, absolute position embeddings, exactly as the original BERT
 and Hugging Face's BertModel compute them, so pretrained checkpoints load unchanged (minift/checkpoint.py
 maps the names). The descendants differ in a few places, each switched by a BertConfig property:
@@ -100,32 +100,51 @@ class Packing:
     The model computes on the N real tokens only, packed into rows of an [N, ...] tensor, so
     that embeddings, projections, feed-forward and LayerNorm cost what the real tokens cost,
     however much padding a batch carries. Attention alone needs the [B, T] layout, to keep
-    the sequences apart: pad() and unpad() move between the two layouts."""
+    the sequences apart: pad() and unpad() move between the two layouts.
+
+    With bucket=True the encoder computes on R >= N rows (N rounded up to 4 significant bits: at most
+    1/8 more): bf16 matmuls on a CPU go to oneDNN, which compiles and caches kernels for every new row
+    count (milliseconds and megabytes each), and with buckets a long run meets a few dozen row counts
+    instead of thousands. The R - N extra rows repeat the first token; attention never reads them as
+    keys (they are not in the [B, T] layout) and they are dropped before any head sees them."""
 
     # Which tokens are real is data, not shape: torch.compile cannot trace it into a graph. It runs
     # eagerly here, and the compiled graph takes the packing as input (N as a symbolic size).
     @torch.compiler.disable
-    def __init__(self, input_ids, attention_mask=None):  # [B, T] each; attention_mask 1 = real token
+    def __init__(self, input_ids, attention_mask=None, bucket: bool = False):  # [B, T]; 1 = real token
         B, T = self.B, self.T = input_ids.shape
         m = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
         # A row with no real token would softmax over nothing and give NaN; let it attend
         # everywhere instead: its output is meaningless but finite, and nobody reads it.
         m = m | ~m.any(dim=1, keepdim=True)
         lengths = m.sum(dim=1)  # [B]
-        full = int(lengths.sum()) == B * T  # no padding: both layouts are the same memory, nothing to copy
+        self.n = int(lengths.sum())  # N
+        full = self.n == B * T  # no padding: both layouts are the same memory, nothing to copy
         self.mask = None if full else m[:, None, None, :]  # [B, 1, 1, T], broadcast over heads and queries
-        self.idx = None if full else m.flatten().nonzero().squeeze(1)  # [N] places of the real tokens in [B*T]
+        idx = None if full else m.flatten().nonzero().squeeze(1)  # [N] places of the real tokens in [B*T]
+        if idx is not None and bucket:
+            idx = torch.cat([idx, idx.new_zeros(rows_bucket(self.n) - self.n)])  # [R]
+        self.idx = idx
         # Each sequence's [CLS] is its first real token (position 0 with the usual right padding).
         self.first = lengths.cumsum(0) - lengths  # [B] rows of the [CLS] tokens in the packed [N, ...]
 
-    def unpad(self, x):  # [B, T, ...] -> [N, ...]
+    def rows(self, x):  # [B, T, ...] -> [R, ...]: what the encoder computes on
         x = x.flatten(0, 1)
         return x if self.idx is None else x[self.idx]
 
-    def pad(self, x):  # [N, C] -> [B, T, C], zeros where the padding is
+    def unpad(self, x):  # [B, T, ...] -> [N, ...]: the real tokens
+        return self.rows(x)[:self.n]
+
+    def pad(self, x):  # [N or R, C] -> [B, T, C], zeros where the padding is
         if self.idx is not None:
-            x = x.new_zeros(self.B * self.T, x.size(1)).index_copy(0, self.idx, x)
+            x = x.new_zeros(self.B * self.T, x.size(1)).index_copy(0, self.idx[:self.n], x[:self.n])
         return x.view(self.B, self.T, -1)
+
+
+def rows_bucket(n: int) -> int:
+    """n rounded up to its 4 leading bits: 1000 -> 1024, 1100 -> 1152; 8 buckets per doubling."""
+    step = 1 << max(0, n.bit_length() - 4)
+    return -(-n // step) * step
 
 
 class Embeddings(nn.Module):
@@ -175,8 +194,8 @@ class SelfAttention(nn.Module):
         self.p_drop = cfg.attention_probs_dropout_prob
 
     def forward(self, x, pack, mask, rope=None, cls=None):
-        """x [N, H] real tokens; pack: Packing; mask [B, 1, 1 or T, T] (True = attend) or None; rope: (cos, sin)
-        [N, hd] to rotate queries and keys by. -> [N, H], or [B, H] given cls (the rows of the [CLS] tokens)."""
+        """x [R, H] the packed rows (the real tokens first); pack: Packing; mask [B, 1, 1 or T, T] (True =
+        attend) or None; rope: (cos, sin) [R, hd] to rotate queries and keys by. -> [R, H], or [B, H] given cls (the rows of the [CLS] tokens)."""
         B, T, H = pack.B, pack.T, x.size(1)
         qkv = self.qkv(x)  # [N, 3H]
         if rope is not None:  # rotated where they are packed: each real token once
@@ -188,7 +207,7 @@ class SelfAttention(nn.Module):
             mask = mask if mask is None else mask[:, :, :1]
         y = attention(q, k, v, mask, self.p_drop if self.training else 0.0)  # [B, nh, T or 1, hd]
         y = y.transpose(1, 2).reshape(B, -1, H)  # [B, T or 1, H]
-        return self.proj(pack.unpad(y) if cls is None else y.view(B, H))
+        return self.proj(pack.rows(y) if cls is None else y.view(B, H))
 
 
 class Layer(nn.Module):
@@ -211,7 +230,7 @@ class Layer(nn.Module):
         value, gate = self.fc(x).chunk(2, dim=-1)
         return self.proj(self.act(value) * gate)
 
-    def forward(self, x, pack, mask, rope=None, cls=None):  # [N, H] -> [N, H], or [B, H]: the [CLS] rows, given cls
+    def forward(self, x, pack, mask, rope=None, cls=None):  # [R, H] -> [R, H], or [B, H]: the [CLS] rows, given cls
         if not self.pre_norm:  # post-LN: normalise after the residual add
             x = self.ln1((x if cls is None else x[cls]) + self.drop(self.attn(x, pack, mask, rope, cls)))
             return self.ln2(x + self.drop(self.mlp(x)))
@@ -258,15 +277,17 @@ class Bert(nn.Module):
         reads nothing else lets the last layer compute only those rows past its keys and values."""
         B, T = input_ids.shape
         cfg = self.config
-        pack = Packing(input_ids, attention_mask)
+        # bf16 / fp16 matmuls on a CPU compile a kernel per row count: bucket the row counts (see Packing).
+        low = torch.is_autocast_enabled("cpu") or self.embeddings.word.weight.dtype != torch.float32
+        pack = Packing(input_ids, attention_mask, bucket=input_ids.device.type == "cpu" and low)
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         positions = torch.arange(T, device=input_ids.device).expand(B, T)
         if cfg.position_offset is not None:  # RoBERTa's: real tokens counted from pad_token_id + 1
             real = torch.ones_like(input_ids) if attention_mask is None else attention_mask.long()
             positions = real.cumsum(1) - 1 + cfg.position_offset
-        ids, types, positions = (pack.unpad(t) for t in (input_ids, token_type_ids, positions))  # [N] each
-        x = self.embeddings(ids, types, positions)  # [N, H]
+        ids, types, positions = (pack.rows(t) for t in (input_ids, token_type_ids, positions))  # [R] each
+        x = self.embeddings(ids, types, positions)  # [R, H]
         masks, ropes = {False: pack.mask}, {False: None}  # by "is the layer local"
         if cfg.pre_norm:
             ropes = {False: rotary(cfg, cfg.rope_theta, positions), True: rotary(cfg, cfg.local_rope_theta, positions)}
@@ -276,11 +297,11 @@ class Bert(nn.Module):
                 masks[True] = band if pack.mask is None else pack.mask & band  # [B or 1, 1, T, T]
         for i, (layer, local) in enumerate(zip(self.layers, cfg.sliding)):
             last = cls_only and i == len(self.layers) - 1
-            # [N, H]; [B, H] after the last given cls_only
+            # [R, H]; [B, H] after the last given cls_only
             x = layer(x, pack, masks[local], ropes[local], pack.first if last else None)
         if self.final_ln is not None:
             x = self.final_ln(x)
-        return x, pack
+        return (x if cls_only else x[:pack.n]), pack
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, pooled_only: bool = False):
         """Hugging Face's BertModel outputs: the hidden states [B, T, H] (zeros where the padding is) and

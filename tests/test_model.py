@@ -75,6 +75,37 @@ def test_padding_changes_nothing(minilm_dir):
             assert close(h[i, :n], h1[0], 1e-5) and close(pooled[i], p1[0], 1e-5)
 
 
+def test_bucketed_rows_change_nothing(minilm_dir, monkeypatch):
+    """bf16 on a CPU computes on the packed rows rounded up to a bucket (Packing): the extra rows must
+    not reach any output. The same padded batch with buckets and with exact row counts (rows_bucket
+    made the identity) gives the same hidden states, pooled vector and [CLS]-only path within 1e-2
+    (bf16 has 8 significant bits, and a matmul's rows may be summed in another order for another row
+    count), and exactly zeros at the padding."""
+    import minift.model
+    from minift.model import Packing, rows_bucket
+    assert [rows_bucket(n) for n in (1, 15, 16, 17, 1000, 1024, 1100)] == [1, 15, 16, 18, 1024, 1024, 1152]
+    assert all(n <= rows_bucket(n) < n * 1.125 + 1 for n in range(1, 5000))
+    mask = torch.zeros(4, 30, dtype=torch.long)
+    for i, n in enumerate([30, 7, 19, 1]):
+        mask[i, :n] = 1
+    pack = Packing(torch.ones_like(mask), mask, bucket=True)
+    assert pack.n == 57 and pack.rows(mask).shape[0] == rows_bucket(57) == 60 and pack.unpad(mask).shape[0] == 57
+
+    model = Bert.from_pretrained(minilm_dir).eval()
+    ids = torch.randint(1000, 30000, mask.shape, generator=torch.Generator().manual_seed(2)) * mask
+
+    def run():
+        with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+            h, pooled = model(ids, mask)
+            return h.float(), pooled.float(), model(ids, mask, pooled_only=True).float()
+
+    bucketed = run()
+    monkeypatch.setattr(minift.model, "rows_bucket", lambda n: n)
+    for a, b in zip(bucketed, run()):
+        assert (a - b).abs().max().item() <= 1e-2 * b.abs().max().item()
+    assert (bucketed[0][~mask.bool()] == 0).all()
+
+
 def test_unsupported_config_values_are_named():
     with pytest.raises(MiniftError, match="position_embedding_type='relative_key'"):
         BertConfig(position_embedding_type="relative_key")
