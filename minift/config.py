@@ -103,6 +103,10 @@ class BertConfig:
         return self.pad_token_id + 1 if self.model_type in ROBERTA else None
 
     @property
+    def max_tokens(self) -> int:  # the longest sequence the position table holds (RoBERTa's starts at the offset)
+        return self.max_position_embeddings - (self.position_offset or 0)
+
+    @property
     def sliding(self) -> list[bool]:  # per layer: local (sliding-window) attention?
         return [t == "sliding_attention" for t in (self.layer_types or ["full_attention"] * self.num_hidden_layers)]
 

@@ -47,10 +47,10 @@ def check_sizes(model, batch_size: int, max_length: int | None, pairs: bool = Fa
         raise MiniftError(f"--batch-size {batch_size}: expected a positive whole number")
     if max_length is None:
         return
-    least, most = (3 if pairs else 2), model.config.max_position_embeddings
+    least, most = (3 if pairs else 2), model.config.max_tokens
     if not least <= max_length <= most:
         raise MiniftError(f"--max-length {max_length}: expected {least} to {most} tokens ([CLS] and [SEP] "
-                          f"included; the model has {most} positions, max_position_embeddings)")
+                          f"included; the model has {most} positions, from max_position_embeddings)")
 
 
 def load(model_dir, device="auto", allow_pickle=False):
@@ -76,7 +76,7 @@ def outputs_of(model, tok, task, examples, opts, batch_size, max_length, precisi
     quantize="int8": see minift/quantize.py."""
     check_sizes(model, batch_size, max_length, examples.pairs is not None)
     dev = next(model.parameters()).device
-    max_length = max_length or min(tok.model_max_length, model.config.max_position_embeddings)
+    max_length = max_length or min(tok.model_max_length, model.config.max_tokens)
     feats = task.features(examples, tok, max_length, model.config, opts)
     amp_dtype = None if quantize else pick_precision(precision, dev)
     if quantize:
@@ -138,7 +138,7 @@ def load_encoder(model_dir, device="auto", allow_pickle=False, quantize: str | N
 
 @torch.inference_mode()
 def embed_texts(model, tok, texts: list[str], batch_size: int = 64, max_length: int = 256) -> torch.Tensor:
-    max_length = min(max_length, model.config.max_position_embeddings)
+    max_length = min(max_length, model.config.max_tokens)
     check_sizes(model, batch_size, max_length)
     dev = next(model.parameters()).device
     ids, types = tok.encode(texts, None, max_length)

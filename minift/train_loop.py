@@ -246,10 +246,10 @@ def load_model(task, cfg: RunConfig, id2label, allow_pickle: bool):
         note = (f"{cfg.model}: a bare encoder (architecture BertModel) without the pretrained head of "
                 f"{task.model.ARCHITECTURE}; starting a new one for {cfg.task}")
     tok = Tokenizer.from_dir(cfg.model)
-    cfg.max_length = cfg.max_length or min(task.default_max_length, net.config.max_position_embeddings)
-    if cfg.max_length > net.config.max_position_embeddings:
+    cfg.max_length = cfg.max_length or min(task.default_max_length, net.config.max_tokens)
+    if cfg.max_length > net.config.max_tokens:
         raise MiniftError(f"--max-length {cfg.max_length}: the model has only "
-                          f"{net.config.max_position_embeddings} positions (max_position_embeddings)")
+                          f"{net.config.max_tokens} positions (from max_position_embeddings)")
     tok.model_max_length = cfg.max_length  # so that predict truncates as training did
     return net, tok, note
 
