@@ -41,6 +41,17 @@ LAYOUTS = {"bert": ("bert", BERT, ("cls.",)), "roberta": ("roberta", BERT, ("lm_
            "electra": ("electra", BERT, ELECTRA_HEADS),
            "distilbert": ("distilbert", DISTILBERT, ("vocab_transform.", "vocab_layer_norm.", "vocab_projector.")),
            "modernbert": ("model", MODERNBERT, ("decoder.",))}  # its MLM's head.* is the classifier's too
+# model_type -> its masked-LM head: dense, norm (dense -> activation -> norm), then the decoder, whose weight is the
+# word embeddings (tied: files may hold a copy, never read) and whose bias is the last name (some files hold it
+# twice, under the decoder's name too).
+LM_HEADS = {"bert": ("cls.predictions.transform.dense", "cls.predictions.transform.LayerNorm",
+                     "cls.predictions.decoder", "cls.predictions.bias"),
+            "roberta": ("lm_head.dense", "lm_head.layer_norm", "lm_head.decoder", "lm_head.bias"),
+            "distilbert": ("vocab_transform", "vocab_layer_norm", "vocab_projector", "vocab_projector.bias"),
+            "electra": ("generator_predictions.dense", "generator_predictions.LayerNorm", "generator_lm_head",
+                        "generator_lm_head.bias"),  # the generator's; a discriminator has none
+            "modernbert": ("head.dense", "head.norm", "decoder", "decoder.bias")}
+LM_HEADS.update(dict.fromkeys(("xlm-roberta", "camembert"), LM_HEADS["roberta"]))
 
 
 def hf_names(name: str, names: dict = BERT) -> list[str]:
@@ -97,22 +108,20 @@ def read_tensors(path: Path, allow_pickle: bool = False, family: str = "bert",
             raise MiniftError(f"{path}: no such model directory")
         raise MiniftError(f"{path}: no weights found; expected model.safetensors, "
                           "model.safetensors.index.json (sharded) or pytorch_model.bin")
-    out = {}
+    out, (_, _, decoder, bias) = {}, LM_HEADS[family]
     for k, v in raw.items():
         # Old TensorFlow-converted checkpoints call LayerNorm's parameters gamma and beta.
         k = k.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
         prefix, _, pretraining_heads = LAYOUTS[family]
         k = k.removeprefix(prefix + ".")
         # Pretraining heads and the position_ids buffer are not part of the encoder; `keep` names a head that
-        # the model has (a masked LM's cls.predictions). A masked-LM decoder is tied, as BERT's is: its weight
-        # is the word embeddings again and its bias is cls.predictions.bias (older files store both copies).
+        # the model has (a masked LM's). A masked-LM decoder's weight is the word embeddings again (LM_HEADS).
         if (k.startswith(pretraining_heads) and not k.startswith(keep)) or k.endswith("position_ids") \
-                or k == "cls.predictions.decoder.weight":
+                or k == f"{decoder}.weight":
             continue
         out[k] = v
-    bias = out.pop("cls.predictions.decoder.bias", None)
-    if bias is not None:
-        out.setdefault("cls.predictions.bias", bias)
+    if f"{decoder}.bias" != bias and f"{decoder}.bias" in out:
+        out.setdefault(bias, out.pop(f"{decoder}.bias"))
     return out
 
 

@@ -27,7 +27,7 @@ RENAMES = {
 # (the family fixes their value).
 OWN = {"embedding_size": ("electra",), "sinusoidal_pos_embds": ("distilbert",)}
 MODERNBERT_ONLY = ("bias", "layer_types", "local_attention", "rope_theta", "local_rope_theta", "classifier_pooling",
-                   "classifier_activation")
+                   "classifier_activation", "decoder_bias")
 ABSENT = {"distilbert": ("type_vocab_size", "layer_norm_eps", "position_embedding_type"),
           "modernbert": ("type_vocab_size", "position_embedding_type")}
 
@@ -62,6 +62,8 @@ class BertConfig:
     local_rope_theta: float = 10_000.0  # ... and of the local ones
     classifier_pooling: str = "cls"  # the sequence head reads the first token, or the mean of all
     classifier_activation: str = "gelu"
+    decoder_bias: bool = True  # its masked-LM decoder has a bias (the other families' always has)
+    tie_word_embeddings: bool = True  # the masked-LM decoder is the word embeddings (minift's always is)
 
     def __post_init__(self):
         # Refuse what this implementation does not compute, rather than computing it wrongly.
@@ -169,6 +171,8 @@ class BertConfig:
             d["label2id"] = self.label2id
         if self.problem_type is None:
             del d["problem_type"]
+        if self.tie_word_embeddings:  # every family's default
+            del d["tie_word_embeddings"]
         for key, owners in OWN.items():
             if family not in owners:
                 del d[key]

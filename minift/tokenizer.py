@@ -253,6 +253,14 @@ class Tokenizer:
             out[i] = t
         return out
 
+    def continues_word(self) -> torch.Tensor:
+        """[V] bool by id: the token continues the word before it. WordPiece marks those ("##ing"); byte-level
+        BPE and SentencePiece mark the others, the tokens after a space ("Ġword", "▁word"), as fairseq's
+        whole-word masking reads them."""
+        if isinstance(self._tok.model, WordPiece):
+            return torch.tensor([t.startswith("##") for t in self.tokens()])
+        return torch.tensor([not t.startswith(("Ġ", "▁")) for t in self.tokens()])
+
     def word_spans(self, text: str) -> list[tuple[int, int]]:
         """The words the pre-tokenizer splits `text` into, as (start, end) character offsets into it."""
         spans = {}

@@ -90,12 +90,12 @@ def check_parity(hf, ours, batch):
     loss.backward()
     pairs = {"embeddings.word_embeddings": ours.bert.embeddings.word,
              "encoder.layer.0.output.dense": ours.bert.layers[0].proj,
-             "cls.predictions.transform.dense": ours.cls["predictions"].transform.dense,
-             "cls.predictions.transform.LayerNorm": ours.cls["predictions"].transform.LayerNorm}
+             "cls.predictions.transform.dense": ours.cls.predictions.transform.dense,
+             "cls.predictions.transform.LayerNorm": ours.cls.predictions.transform.LayerNorm}
     for name, mod in pairs.items():
         ref = hf.get_submodule(name if name.startswith("cls") else "bert." + name)
         torch.testing.assert_close(mod.weight.grad, ref.weight.grad, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(ours.cls["predictions"].bias.grad, hf.cls.predictions.bias.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(ours.cls.predictions.bias.grad, hf.cls.predictions.bias.grad, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
@@ -355,7 +355,7 @@ def test_cli_switches_and_fresh_head_note(minilm_dir, tiny_dir, texts, tmp_path,
     net, _, note = minift.train_loop.load_model(get("mlm"), minift.train_loop.RunConfig(
         model=str(minilm_dir), train="x", out="y", task="mlm"), None, False)
     assert "bare encoder" in note and "BertForMaskedLM" in note
-    assert net.cls["predictions"].bias.abs().sum() == 0
+    assert net.cls.predictions.bias.abs().sum() == 0
 
 
 @pytest.mark.parametrize("content, match", [
@@ -410,10 +410,3 @@ def test_resume_is_bit_identical(tiny_dir, texts, trained, tmp_path, monkeypatch
     ra = [json.loads(x) for x in (a / "metrics.jsonl").read_text().splitlines()]
     rb = [json.loads(x) for x in (b / "metrics.jsonl").read_text().splitlines()]
     assert rb == ra[len(ra) - len(rb):] and rb
-
-
-def test_other_families_refused():
-    from minift.config import BertConfig
-    with pytest.raises(MiniftError, match="--task mlm is implemented for BERT checkpoints.*'roberta'"):
-        BertForMaskedLM(BertConfig(model_type="roberta", vocab_size=50, hidden_size=16, num_hidden_layers=1,
-                                   num_attention_heads=2, intermediate_size=20))

@@ -18,7 +18,7 @@ from minift.data import Dataset, read_dataset
 from minift.errors import MiniftError
 from minift.model import ACT, Bert, Dropout, init_weights
 
-def _put(root: nn.Module, path: str, module: nn.Module):
+def put(root: nn.Module, path: str, module: nn.Module | nn.Parameter):
     """root.<path> = module, making the empty containers on the way (classifier.dense -> classifier, then dense)."""
     *owners, leaf = path.split(".")
     for name in owners:
@@ -56,10 +56,10 @@ class BertClassifier(nn.Module):
         H, bias = config.hidden_size, config.bias
         self.parts = HEADS[family]
         dense, norm, out = self.parts
-        _put(self, dense, nn.Linear(H, H, bias=bias))
+        put(self, dense, nn.Linear(H, H, bias=bias))
         if norm:
-            _put(self, norm, nn.LayerNorm(H, eps=config.layer_norm_eps, bias=bias))
-        _put(self, out, nn.Linear(H, config.num_labels))
+            put(self, norm, nn.LayerNorm(H, eps=config.layer_norm_eps, bias=bias))
+        put(self, out, nn.Linear(H, config.num_labels))
         self.HEAD = tuple({path.split(".")[0] + "." for path in (dense, norm, out) if path and path[:5] != "bert."})
         self.act = ACT[ACTIVATION.get(family, config.classifier_activation)]
         p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob

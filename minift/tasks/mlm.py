@@ -1,16 +1,17 @@
 """Masked-LM adaptation: continue BERT's pretraining objective on one's own unlabelled text.
 
-Texts are tokenised and packed into sequences of --max-length tokens, [CLS] chunk [SEP], where the
-chunks cut the stream of all texts joined by [SEP] (so no position goes to padding), or kept one text
-per sequence with --no-pack. In every sequence 15% of the tokens other than [CLS] and [SEP] are chosen
-(whole words with --whole-word-mask); of those 80% become [MASK], 10% a random token and 10% stay as
-they are, and the model predicts the original token at each chosen position (Devlin et al., 2019).
+Texts are tokenised and packed into sequences of --max-length tokens, [CLS] chunk [SEP] (the family's
+special tokens: <s> chunk </s> for RoBERTa), where the chunks cut the stream of all texts joined by [SEP]
+(so no position goes to padding), or kept one text per sequence with --no-pack. In every sequence 15% of
+the tokens other than [CLS] and [SEP] are chosen (whole words with --whole-word-mask); of those 80%
+become [MASK] (<mask>), 10% a random token and 10% stay as they are, and the model predicts the original
+token at each chosen position (Devlin et al., 2019).
 
-The head is BertForMaskedLM's cls.predictions: dense, activation, LayerNorm, then a decoder whose
-weight is the word-embedding matrix itself (tied) plus an output bias. Only the chosen positions go
-through the head: a [vocab]-wide row for every token of a batch would cost far more than the encoder.
-Under --mode head the transform and the bias train; the decoder is the word embeddings, which belong
-to the frozen encoder.
+The head is the family's *ForMaskedLM's (BERT's cls.predictions, RoBERTa's lm_head, ...): dense,
+activation, LayerNorm, then a decoder whose weight is the word-embedding matrix itself (tied) plus an
+output bias. Only the chosen positions go through the head: a [vocab]-wide row for every token of a
+batch would cost far more than the encoder. Under --mode head the transform and the bias train; the
+decoder is the word embeddings, which belong to the frozen encoder.
 """
 import math
 from dataclasses import dataclass
@@ -20,61 +21,58 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from minift.checkpoint import LM_HEADS
 from minift.config import BertConfig
 from minift.data import FORMATS, read_dataset
 from minift.errors import MiniftError
 from minift.model import ACT, Bert, init_weights
+from minift.tasks.classify import put
 
-MASK_RATE = 0.15  # of the tokens other than [CLS] and [SEP]
+MASK_RATE = 0.15  # of the tokens other than the special ones ([CLS] and [SEP], <s> and </s>)
 TOP_K = 5  # predictions shown per [MASK] by predict
 
 
-class Transform(nn.Module):
-    def __init__(self, config: BertConfig):
-        super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
-        self.act = ACT[config.hidden_act]
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-
-    def forward(self, x):  # [M, H] -> [M, H]
-        return self.LayerNorm(self.act(self.dense(x)))
-
-
-class Predictions(nn.Module):
-    def __init__(self, config: BertConfig):
-        super().__init__()
-        self.transform = Transform(config)
-        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
-
-
 class BertForMaskedLM(nn.Module):
-    """BERT + cls.predictions, with Hugging Face's names; the decoder weight is bert.embeddings.word.weight."""
-    ARCHITECTURE = "BertForMaskedLM"
-    HEAD = ("cls.predictions.",)
+    """An encoder of the BERT family + its family's masked-LM head, under the family's Hugging Face names
+    (LM_HEADS); the decoder weight is bert.embeddings.word.weight. ELECTRA's is its generator's head, which
+    narrows to embedding_size before the decoder."""
+    ARCHITECTURE = "BertForMaskedLM"  # the family's stem replaces Bert on save
+    # The head's modules and bias in every family's names: loading keeps whichever the checkpoint's family has.
+    HEAD = tuple({f"{m}." for names in LM_HEADS.values() for m in names[:3]} | {n[3] for n in LM_HEADS.values()})
     POOLER = False
     PRETRAINED_HEAD = True  # BERT checkpoints usually carry this head: starting without it is worth a note
 
     def __init__(self, config: BertConfig):
         super().__init__()
-        if config.model_type != "bert":  # the other families' MLM heads have other layouts (lm_head, ...)
-            raise MiniftError(f"config: --task mlm is implemented for BERT checkpoints (model_type bert), "
-                              f"not model_type {config.model_type!r}")
+        if not config.tie_word_embeddings:
+            raise MiniftError("config: tie_word_embeddings=false is not supported for --task mlm; minift's "
+                              "masked-LM decoder is the word embeddings themselves")
         self.config = config
         self.bert = Bert(config, pooler=False)
+        E, family = config.embedding_size or config.hidden_size, config.model_type
+        self.parts = dense, norm, _, bias = LM_HEADS[family]
+        put(self, dense, nn.Linear(config.hidden_size, E, bias=config.bias))
+        put(self, norm, nn.LayerNorm(E, eps=config.layer_norm_eps, bias=config.bias))
+        init_weights(self.get_submodule(dense), config.initializer_range)
+        init_weights(self.get_submodule(norm), config.initializer_range)
         # The decoder is no module of its own: its weight *is* the embedding matrix, so it cannot come
         # untied, and no tensor is stored twice (safetensors refuses shared tensors; Hugging Face omits
-        # cls.predictions.decoder.* from its files and ties them on load, as here).
-        self.cls = nn.ModuleDict({"predictions": Predictions(config)})
-        init_weights(self.cls, config.initializer_range)
+        # the decoder's weight from its files and ties it on load, as here).
+        if config.decoder_bias:
+            put(self, bias, nn.Parameter(torch.zeros(config.vocab_size)))
+        act = {"bert": config.hidden_act, "distilbert": config.hidden_act, "modernbert": config.classifier_activation}
+        self.act = ACT[act.get(family, "gelu")]  # RoBERTa's and ELECTRA's generator's: GELU whatever hidden_act
 
-    def head(self, x):  # [M, H] -> [M, V]
-        p = self.cls["predictions"]
-        return F.linear(p.transform(x), self.bert.embeddings.word.weight, p.bias)
+    def logits(self, x):  # [M, H] -> [M, E] -> [M, V]
+        dense, norm, _, bias = self.parts
+        x = self.get_submodule(norm)(self.act(self.get_submodule(dense)(x)))
+        bias = self.get_parameter(bias) if self.config.decoder_bias else None
+        return F.linear(x, self.bert.embeddings.word.weight, bias)
 
     def masked(self, input_ids, attention_mask, token_type_ids, where):
         """Logits [M, V] at the M positions where `where` [B, T] is True (real tokens only), in row-major order."""
         x, pack = self.bert.encode(input_ids, attention_mask, token_type_ids)  # [N, H]
-        return self.head(x[pack.unpad(where)])  # the chosen rows first: never [N, V]
+        return self.logits(x[pack.unpad(where)])  # the chosen rows first: never [N, V]
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None):
         """Without labels, Hugging Face's logits [B, T, V] (zeros where the padding is); with labels [B, T]
@@ -82,7 +80,7 @@ class BertForMaskedLM(nn.Module):
         chosen positions, their mean cross-entropy)."""
         if labels is None:
             x, pack = self.bert.encode(input_ids, attention_mask, token_type_ids)
-            return pack.pad(self.head(x))
+            return pack.pad(self.logits(x))
         where = labels != -100
         logits = self.masked(input_ids, attention_mask, token_type_ids, where)
         return logits, F.cross_entropy(logits.float(), labels[where])
@@ -121,8 +119,8 @@ class Features:
     draw_masks: bool
     whole_word: bool
     mask_id: int
-    special: list[int]  # never masked: [CLS], [SEP]
-    piece: torch.Tensor  # [V] bool: the token continues a word ("##..."), for whole-word masking
+    special: list[int]  # never masked: [CLS], [SEP] (the family's)
+    piece: torch.Tensor  # [V] bool: the token continues a word (Tokenizer.continues_word), for whole-word masking
     tokens: list[str]  # the vocabulary by id, for predict's output
 
 
@@ -156,19 +154,25 @@ class MaskedLM:
         return None
 
     def features(self, ds: Texts, tok, max_length: int, config: BertConfig, opts, log=None) -> Features:
-        if max_length < 3:
-            raise MiniftError(f"--max-length {max_length}: a masked LM needs at least 3 ([CLS], a token, [SEP])")
+        specials = [piece for piece, _ in tok.single if isinstance(piece, int)]  # [CLS] and [SEP], <s> and </s>
+        if max_length < len(specials) + 1:
+            raise MiniftError(f"--max-length {max_length}: a masked LM needs at least {len(specials) + 1} "
+                              f"(the {len(specials)} special tokens and a token)")
+        if tok.mask_id is None:
+            raise MiniftError(f"the tokenizer has no mask token ({tok.specials['mask']!r} is not in its vocabulary; "
+                              "tokenizer_config.json's mask_token names it)")
         tokens = tok.tokens()
         if len(tokens) > config.vocab_size:
             raise MiniftError(f"the tokenizer's ids go up to {len(tokens) - 1} but the model has {config.vocab_size} "
                               "(vocab_size in config.json): they do not belong together")
-        f = Features([], ds.draw_masks, opts.whole_word_mask, tok.mask_id, [tok.cls_id, tok.sep_id],
-                     torch.tensor([t.startswith("##") for t in tokens]), tokens)
+        f = Features([], ds.draw_masks, opts.whole_word_mask, tok.mask_id, specials, tok.continues_word(), tokens)
         if not ds.draw_masks or opts.no_pack:  # one text per sequence, truncated
             f.ids = tok.encode(ds.texts, None, max_length)[0]
             return f
-        pieces = [ids[1:-1] for ids in tok.encode(ds.texts, None, 10 ** 9)[0]]  # whole texts, no [CLS]/[SEP]
-        f.ids = [[tok.cls_id] + c + [tok.sep_id] for c in pack(pieces, max_length - 2, tok.sep_id)]
+        lead = [piece for piece, _ in tok.single].index("A")  # special tokens before the text
+        body = slice(lead, lead - len(specials) or None)
+        pieces = [ids[body] for ids in tok.encode(ds.texts, None, 10 ** 9)[0]]  # whole texts, no special tokens
+        f.ids = [tok.with_specials(c)[0] for c in pack(pieces, max_length - len(specials), tok.sep_id)]
         if log is not None:
             n = sum(map(len, pieces))
             print(f"{ds.path}: {len(ds.texts)} texts, {n:,} tokens, packed into {len(f.ids)} sequences "
@@ -271,7 +275,7 @@ def mask_tokens(ids, f: Features, gen=None):
     T = len(ids)
     maskable = ~torch.isin(ids, torch.tensor(f.special))  # [T]
     start = maskable.clone()  # where a word starts
-    if f.whole_word:  # a "##" piece continues the word before it (unless it follows [CLS]/[SEP])
+    if f.whole_word:  # a "##" piece (BPE: one without "Ġ") continues the word before it, unless it follows [CLS]/[SEP]
         start[1:] &= ~(f.piece[ids[1:]] & maskable[:-1])
     word = start.cumsum(0) - 1  # [T] word number of each position
     n_words = int(start.sum())
