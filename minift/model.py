@@ -254,6 +254,21 @@ def init_weights(module: nn.Module, std: float):
                 nn.init.zeros_(m.bias)
 
 
+class PredictionHead(nn.Module):
+    """ModernBERT's dense -> activation -> norm between the encoder and each task's last layer
+    (ModernBertPredictionHead, under the name `head`): [.., H] -> [.., H]."""
+
+    def __init__(self, cfg: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size, bias=cfg.bias)
+        self.act = ACT[cfg.classifier_activation]
+        self.norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps, bias=cfg.bias)
+        init_weights(self, cfg.initializer_range)
+
+    def forward(self, x):
+        return self.norm(self.act(self.dense(x)))
+
+
 class Bert(nn.Module):
     def __init__(self, config: BertConfig, pooler: bool = True):
         super().__init__()

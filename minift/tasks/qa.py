@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from minift.config import BertConfig
 from minift.errors import MiniftError
-from minift.model import ACT, Bert, init_weights
+from minift.model import Bert, PredictionHead, init_weights
 
 N_BEST = 20  # start and end candidates per window, as Hugging Face's run_qa.py and the original BERT
 
@@ -43,11 +43,8 @@ class BertQA(nn.Module):
         H = config.hidden_size
         if config.pre_norm:
             self.HEAD = ("head.", "classifier.")
-            self.head = nn.ModuleDict({"dense": nn.Linear(H, H, bias=config.bias),
-                                       "norm": nn.LayerNorm(H, eps=config.layer_norm_eps, bias=config.bias)})
-            self.act = ACT[config.classifier_activation]
+            self.head = PredictionHead(config)
             self.classifier = nn.Linear(H, 2)
-            init_weights(self.head, config.initializer_range)
             init_weights(self.classifier, config.initializer_range)
         else:
             self.qa_outputs = nn.Linear(H, 2)
@@ -56,7 +53,7 @@ class BertQA(nn.Module):
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, start_positions=None, end_positions=None):
         x, pack = self.bert.encode(input_ids, attention_mask, token_type_ids)  # [N, H] real tokens
         if self.config.pre_norm:
-            x = self.classifier(self.head["norm"](self.act(self.head["dense"](x))))
+            x = self.classifier(self.head(x))
         else:
             x = self.qa_outputs(x)
         logits = pack.pad(x)  # [B, T, 2]: each token's start and end score

@@ -1,7 +1,8 @@
 """Token tagging (part of speech, named entities): one tag per word.
 
 The head is BertForTokenClassification's: dropout and a linear layer on every token's hidden state
-(the same in RoBERTa's, DistilBERT's and ELECTRA's; tagging given words needs a WordPiece tokenizer).
+(the same in RoBERTa's, DistilBERT's and ELECTRA's; ModernBERT's has its dense -> activation -> norm
+first). Tagging given words needs a WordPiece tokenizer.
 Words are split into WordPieces; a word's tag trains on, and is predicted from, its first piece; the
 other pieces, [CLS] and [SEP] are ignored by the loss (label -100). A sentence longer than
 --max-length is cut into overlapping windows of whole words, and each word belongs to the one window
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 
 from minift.config import BertConfig
 from minift.errors import MiniftError
-from minift.model import Bert, Dropout, init_weights
+from minift.model import Bert, Dropout, PredictionHead, init_weights
 
 FORMATS = {".conll": "conll", ".iob": "conll", ".bio": "conll", ".jsonl": "jsonl", ".ndjson": "jsonl",
            ".txt": "wordtag"}
@@ -36,18 +37,20 @@ IGNORE = -100  # the label the loss skips, as in PyTorch's cross_entropy and Hug
 
 
 class BertTagger(nn.Module):
-    """BERT + dropout + a linear layer on every token (BertForTokenClassification)."""
-    ARCHITECTURE = "BertForTokenClassification"
+    """An encoder of the BERT family + dropout + a linear layer on every token (BertForTokenClassification,
+    and RoBERTa's, DistilBERT's, ELECTRA's); ModernBERT's has its head (dense -> activation -> norm) before
+    the dropout (ModernBertForTokenClassification)."""
+    ARCHITECTURE = "BertForTokenClassification"  # the family's stem replaces Bert on save
     HEAD = ("classifier.",)
     POOLER = False
 
     def __init__(self, config: BertConfig):
         super().__init__()
-        if config.pre_norm:
-            raise MiniftError("tagging with ModernBERT is not implemented (its token head has a dense layer, an "
-                              "activation and a norm before the classifier)")
         self.config = config
         self.bert = Bert(config, pooler=False)
+        if config.pre_norm:
+            self.HEAD = ("head.", "classifier.")
+            self.head = PredictionHead(config)
         p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
         self.drop = Dropout(p)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
@@ -57,6 +60,8 @@ class BertTagger(nn.Module):
         """-> logits [B, T, C] (zeros at padding), and with labels [B, T] the mean cross-entropy over
         the labels that are not -100. Padding is never computed, so its labels do not count."""
         x, pack = self.bert.encode(input_ids, attention_mask, token_type_ids)  # [N, H] real tokens
+        if self.config.pre_norm:
+            x = self.head(x)
         logits = self.classifier(self.drop(x))  # [N, C]
         if labels is None:
             return pack.pad(logits)
