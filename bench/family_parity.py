@@ -1,6 +1,7 @@
 """The parity figures of README's family table: the largest relative differences from transformers, per
-family, over the random configurations of tests/test_families.py (the tests assert the bounds; this prints
-the values). fp32, CPU. Usage: python bench/family_parity.py
+family, over the random configurations of tests/test_families.py (encoder, sequence head) and
+tests/test_family_heads.py (token and masked-LM heads); the tests assert the bounds, this prints the values.
+fp32, CPU. Usage: python bench/family_parity.py
 """
 import sys
 import tempfile
@@ -11,9 +12,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import test_families as t  # noqa: E402  (the tests' configurations and helpers)
+import test_family_heads as h  # noqa: E402
 from minift import Bert  # noqa: E402
 from minift.checkpoint import LAYOUTS, hf_names, hf_tensor_names  # noqa: E402
 from minift.tasks.classify import BertClassifier  # noqa: E402
+from minift.tasks.mlm import BertForMaskedLM  # noqa: E402
+from minift.tasks.tag import BertTagger  # noqa: E402
 
 
 def encoder(family, kw, d):
@@ -32,6 +36,12 @@ def encoder(family, kw, d):
     return t.rel(h[m], ref[m]), max(grads)
 
 
+def worst_grad(ours, hf):  # the largest relative difference of a gradient, over every minift parameter
+    params, prefix = dict(hf.named_parameters(remove_duplicate=False)), LAYOUTS[ours.config.model_type][0]
+    return max(t.rel(p.grad, torch.cat([params[(f"{prefix}." if n.startswith("bert.") else "") + s].grad
+                                        for s in hf_tensor_names(ours, n)])) for n, p in ours.named_parameters())
+
+
 def classifier(family, kw, d):
     auto = t.transformers.AutoModelForSequenceClassification
     hf = t.hf_model(family, dict(kw, num_labels=3), seed=7 + len(kw), auto=auto)
@@ -43,25 +53,57 @@ def classifier(family, kw, d):
     logits, loss = ours(ids, mask, labels=labels)
     o.loss.backward()
     loss.backward()
-    params, prefix = dict(hf.named_parameters()), LAYOUTS[family][0]
-    grads = [t.rel(p.grad, torch.cat([params[(f"{prefix}." if n.startswith("bert.") else "") + s].grad
-                                      for s in hf_tensor_names(ours, n)])) for n, p in ours.named_parameters()]
-    return max(t.rel(logits, o.logits), t.rel(loss, o.loss)), max(grads)
+    return max(t.rel(logits, o.logits), t.rel(loss, o.loss)), worst_grad(ours, hf)
+
+
+def token_head(cls, auto, family, kw, d, seed, labels):
+    """A head on every token (tests/test_family_heads.py): logits at the real tokens and the loss, gradients."""
+    hf = t.hf_model(family, kw, seed=seed, auto=auto)
+    hf.save_pretrained(d)
+    ours = cls.from_pretrained(d).eval()
+    ids, mask = t.batch(ours.config.pad_token_id, seed=19 if cls is BertForMaskedLM else 29)
+    m, y = mask.bool(), labels(ids, mask)
+    o = hf(input_ids=ids, attention_mask=mask, labels=y)
+    loss = ours(ids, mask, labels=y)[1]
+    with torch.no_grad():
+        logits = ours(ids, mask)
+    o.loss.backward()
+    loss.backward()
+    return max(t.rel(logits[m], o.logits[m]), t.rel(loss, o.loss)), worst_grad(ours, hf)
+
+
+def masked_lm(family, kw, d):
+    def labels(ids, mask):
+        y = torch.where(mask.bool() & (torch.rand(ids.shape, generator=torch.Generator().manual_seed(3)) < 0.4), ids, -100)
+        y[:, 0] = ids[:, 0]
+        return y
+    return token_head(BertForMaskedLM, t.transformers.AutoModelForMaskedLM, family, kw, d, 17 + len(kw), labels)
+
+
+def tagger(family, kw, d):
+    def labels(ids, mask):
+        y = torch.randint(0, 5, ids.shape, generator=torch.Generator().manual_seed(4)).masked_fill(mask == 0, -100)
+        y[0, 2] = -100
+        return y
+    return token_head(BertTagger, t.transformers.AutoModelForTokenClassification, family, dict(kw, num_labels=5), d,
+                      23 + len(kw), labels)
 
 
 def main():
     torch.set_num_threads(1)
     t.transformers.utils.logging.disable_progress_bar()
-    worst = defaultdict(lambda: [0.0] * 4)
-    for i, (family, kw) in enumerate(t.HEAD_CASES):
+    runs = [(family, kw, (encoder, classifier, tagger, masked_lm)) for family, kw in t.CASES]
+    runs += [(*t.HEAD_CASES[-1], (None, classifier, None, None)), (*h.MLM_CASES[-1], (None, None, None, masked_lm))]
+    worst = defaultdict(lambda: [0.0] * 8)
+    for family, kw, measures in runs:
         with tempfile.TemporaryDirectory() as d:
-            figures = (encoder(family, kw, Path(d) / "e") if i < len(t.CASES) else (0.0, 0.0)) + \
-                classifier(family, kw, Path(d) / "c")
+            figures = [x for i, f in enumerate(measures) for x in (f(family, kw, Path(d) / str(i)) if f else (0, 0))]
         worst[family] = [max(a, b) for a, b in zip(worst[family], figures)]
-    print("| family | configs | hidden states | encoder gradients | logits and loss | classifier gradients |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| family | configs | hidden states | encoder gradients | sequence head: logits and loss | gradients "
+          "| token head: logits and loss | gradients | masked LM: logits and loss | gradients |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for family, f in worst.items():
-        n = sum(fam == family for fam, _ in t.HEAD_CASES)
+        n = sum(fam == family for fam, _ in t.CASES)
         print(f"| {family} | {n} | " + " | ".join(f"{x:.1e}" for x in f) + " |")
 
 
