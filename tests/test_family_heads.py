@@ -193,7 +193,8 @@ def run_eval(model, data, capsys):
 def test_cli_masked_lm_training_lowers_the_loss(family, layout, kw, tmp_path, capsys):
     """`minift train --task mlm` from the family's random *ForMaskedLM, 90 steps: the masked tokens' loss on
     the training texts (the same masks before and after) falls from chance (ln 500 = 6.2, or above) by over
-    2 nats, towards the entropy of their words (about 3), and the run saves the family's class."""
+    2 nats, towards the entropy of their words (about 3); the run saves the family's class, and predict fills
+    the family's own mask token typed in a text."""
     d = random_checkpoint(family, kw, layout, tmp_path / "model", transformers.AutoModelForMaskedLM)
     texts = tmp_path / "texts.txt"
     texts.write_text("".join(f"{s}\n" for s, _ in SENTENCES) * 30)  # epochs of 15 steps: few checkpoints
@@ -205,6 +206,10 @@ def test_cli_masked_lm_training_lowers_the_loss(family, layout, kw, tmp_path, ca
     assert before["loss"] > 6 and after["loss"] < before["loss"] - 2, (before, after)
     saved = json.loads((tmp_path / "out" / "config.json").read_text())
     assert saved["model_type"] == family and saved["architectures"] == [f"{FAMILIES[family]}ForMaskedLM"]
+    mask = Tokenizer.from_dir(d).specials["mask"]  # [MASK], <mask>
+    assert main(["predict", "--model", str(tmp_path / "out"), f"the movie {mask} good", *FAST]) == 0
+    masks = json.loads(capsys.readouterr().out)["masks"]
+    assert len(masks) == 1 and len(masks[0]) == 5
 
 
 @pytest.mark.parametrize("family,kw", [CASES[0], CASES[5], CASES[8], CASES[11]],
