@@ -62,7 +62,7 @@ class BertConfig:
     local_rope_theta: float = 10_000.0  # ... and of the local ones
     classifier_pooling: str = "cls"  # the sequence head reads the first token, or the mean of all
     classifier_activation: str = "gelu"
-    decoder_bias: bool = True  # its masked-LM decoder has a bias (the other families' always has)
+    decoder_bias: bool = True  # ModernBERT's masked-LM decoder has a bias (the other families' always has)
     tie_word_embeddings: bool = True  # the masked-LM decoder is the word embeddings (minift's always is)
 
     def __post_init__(self):

@@ -275,7 +275,7 @@ def mask_tokens(ids, f: Features, gen=None):
     T = len(ids)
     maskable = ~torch.isin(ids, torch.tensor(f.special))  # [T]
     start = maskable.clone()  # where a word starts
-    if f.whole_word:  # a "##" piece (BPE: one without "Ġ") continues the word before it, unless it follows [CLS]/[SEP]
+    if f.whole_word:  # a "##" piece (BPE: one without "Ġ") continues the word before it, unless after [CLS]/[SEP]
         start[1:] &= ~(f.piece[ids[1:]] & maskable[:-1])
     word = start.cumsum(0) - 1  # [T] word number of each position
     n_words = int(start.sum())

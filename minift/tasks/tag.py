@@ -1,8 +1,8 @@
 """Token tagging (part of speech, named entities): one tag per word.
 
 The head is BertForTokenClassification's: dropout and a linear layer on every token's hidden state
-(the same in RoBERTa's, DistilBERT's and ELECTRA's; ModernBERT's has its dense -> activation -> norm
-first). Tagging given words needs a WordPiece tokenizer.
+(the same in RoBERTa's, DistilBERT's and ELECTRA's; ModernBERT's puts its dense -> activation -> norm
+first; tagging given words needs a WordPiece tokenizer).
 Words are split into WordPieces; a word's tag trains on, and is predicted from, its first piece; the
 other pieces, [CLS] and [SEP] are ignored by the loss (label -100). A sentence longer than
 --max-length is cut into overlapping windows of whole words, and each word belongs to the one window
