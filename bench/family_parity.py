@@ -74,7 +74,8 @@ def token_head(cls, auto, family, kw, d, seed, labels):
 
 def masked_lm(family, kw, d):
     def labels(ids, mask):
-        y = torch.where(mask.bool() & (torch.rand(ids.shape, generator=torch.Generator().manual_seed(3)) < 0.4), ids, -100)
+        chosen = torch.rand(ids.shape, generator=torch.Generator().manual_seed(3)) < 0.4
+        y = torch.where(mask.bool() & chosen, ids, -100)
         y[:, 0] = ids[:, 0]
         return y
     return token_head(BertForMaskedLM, t.transformers.AutoModelForMaskedLM, family, kw, d, 17 + len(kw), labels)

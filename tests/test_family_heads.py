@@ -49,7 +49,8 @@ def saved_loads_back(ours, hf, auto, d, architecture, ids, mask):
     assert type(back) is type(hf)
     m = mask.bool()
     with torch.no_grad():
-        assert rel(back(input_ids=ids, attention_mask=mask).logits[m], hf(input_ids=ids, attention_mask=mask).logits[m]) <= 1e-6
+        want = hf(input_ids=ids, attention_mask=mask).logits[m]
+        assert rel(back(input_ids=ids, attention_mask=mask).logits[m], want) <= 1e-6
 
 
 @pytest.mark.parametrize("family,kw", MLM_CASES, ids=MLM_IDS)
@@ -135,7 +136,8 @@ def test_masked_lm_features_use_the_family_tokens(layout, tmp_path):
     f = task.features(Texts("texts.txt", texts, list(range(1, len(texts) + 1))), tok, 512,
                       BertConfig(vocab_size=tok.vocab_size), opts)
     assert f.ids == hf_tok(texts)["input_ids"]
-    assert f.mask_id == hf_tok.mask_token_id and sorted(f.special) == sorted({hf_tok.cls_token_id, hf_tok.sep_token_id})
+    assert f.mask_id == hf_tok.mask_token_id
+    assert sorted(f.special) == sorted({hf_tok.cls_token_id, hf_tok.sep_token_id})
     torch.manual_seed(0)
     b = task.batch(f, list(range(len(texts))), tok.pad_id)
     chosen = b["labels"] != -100
@@ -144,8 +146,7 @@ def test_masked_lm_features_use_the_family_tokens(layout, tmp_path):
         enc = hf_tok(text, return_offsets_mapping=True)
         # each token's whitespace-separated word: the one its first non-space character falls in
         ends = [j for j, c in enumerate(text + " ") if c == " "]
-        word = [None if a == b_ else sum(e < a + (text[a] == " ") for e in ends)
-                for a, b_ in enc["offset_mapping"]]
+        word = [None if a == z else sum(e < a + (text[a] == " ") for e in ends) for a, z in enc["offset_mapping"]]
         row = chosen[i, :len(word)]
         assert not row[0] and not row[-1]  # never <s> or </s>
         for w in set(word) - {None}:
