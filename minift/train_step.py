@@ -112,16 +112,31 @@ def train_step(loss_fn, optimizer, scheduler, scaler, micro_batches: list[dict],
         (scaler.scale(loss) if scaler is not None else loss).backward()
         total += loss.detach()
     params = [p for g in optimizer.param_groups for p in g["params"]]
+    fold = scaler is None and optimizer.defaults.get("fused")
     if scaler is not None:
         scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-    norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    norm = grad_norm(params) if fold else torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
     applied = bool(torch.isfinite(norm))
     if scaler is not None:
         scaler.step(optimizer)  # skips the update itself when it found inf/NaN
         scaler.update()
+    elif applied and fold:
+        # Clipping inside the update: the fused AdamW kernel divides each gradient by grad_scale as it
+        # reads it (GradScaler's hook), which saves clip_grad_norm_'s pass over every gradient.
+        optimizer.grad_scale = ((norm + 1e-6) / max_grad_norm).clamp(min=1.0)
+        try:
+            optimizer.step()
+        finally:
+            del optimizer.grad_scale
     elif applied:
         optimizer.step()
     if applied:
         scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return total, norm, applied
+
+
+def grad_norm(params) -> torch.Tensor:
+    """The L2 norm of all gradients together, as clip_grad_norm_ computes it (without clipping)."""
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params
+                                                 if p.grad is not None]))
