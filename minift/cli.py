@@ -244,7 +244,7 @@ def run(args):
     elif args.command == "predict":
         from minift.predict import load, predict_examples, task_options
         model, tok, task = load(args.model, args.device, args.allow_pickle)
-        opts = task_options(options_of(args))
+        opts = task_options(options_of(args), task)
         # One answer per text or pair is streamed; a task's own file formats (qa: SQuAD, tag: CoNLL, ...)
         # and documents (qa's .json) are read and written whole.
         from minift.tasks.classify import Classify

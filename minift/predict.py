@@ -64,11 +64,13 @@ def load(model_dir, device="auto", allow_pickle=False):
     return model.to(pick_device(device)), tokenizer, task
 
 
-def task_options(options: dict) -> tasks.TaskOptions:
+def task_options(options: dict, task) -> tasks.TaskOptions:
     try:
-        return tasks.TaskOptions(**options)
+        opts = tasks.TaskOptions(**options)
     except TypeError as e:
         raise MiniftError(f"unknown option: {e}") from None
+    tasks.check_options(task, opts)
+    return opts
 
 
 def outputs_of(model, tok, task, examples, opts, batch_size, max_length, precision, quantize=None):
@@ -94,7 +96,7 @@ def predict(model_dir, texts: list[str], pairs: list[str] | None = None, batch_s
     options: the task's settings (TaskOptions)."""
     model, tok, task = load(model_dir, device, allow_pickle)
     examples = task.from_texts(texts, pairs, tok)
-    return predict_examples(model, tok, task, examples, task_options(options), batch_size, max_length, precision,
+    return predict_examples(model, tok, task, examples, task_options(options, task), batch_size, max_length, precision,
                             quantize)
 
 
@@ -111,7 +113,7 @@ def evaluate(model_dir, data, text_column="text", text_pair_column=None, label_c
     model, tok, task = load(model_dir, device, allow_pickle)
     check_sizes(model, batch_size, max_length, text_pair_column is not None)  # before reading the data
     opts = task_options(dict(options, text_column=text_column, text_pair_column=text_pair_column,
-                             label_column=label_column))
+                             label_column=label_column), task)
     examples = task.read(data, opts)
     outputs, feats = outputs_of(model, tok, task, examples, opts, batch_size, max_length, precision, quantize)
     return {**task.score(outputs, feats), "examples": len(examples.texts),

@@ -94,6 +94,7 @@ class RunConfig(tasks.TaskOptions):
         if self.weight_decay < 0:
             raise MiniftError(f"--weight-decay {self.weight_decay}: expected a number >= 0")
         task = tasks.get(self.task)
+        tasks.check_options(task, self)
         if self.compile not in ("auto", "on", "off"):
             raise MiniftError(f"--compile {self.compile!r}: expected auto, on or off")
         kind, _ = parse_mode(self.mode)

@@ -176,6 +176,13 @@ ERRORS = [
     (["predict", "--model", "{model}", "good", "--input", "{tmp}/in.txt"], "not both"),
     (["train", "--model", "{model}", "--train", "{dev}", "--out", "{tmp}/out", "--batch-size", "0"], "--batch-size 0"),
     (["train", "--model", "{model}", "--train", "{dev}", "--out", "{tmp}/out", "--max-length", "100"], "--max-length 100"),
+    # another task's setting would change nothing: refused, never silently ignored
+    (["train", "--model", "{model}", "--train", "{dev}", "--out", "{tmp}/out", "--doc-stride", "64"],
+     "--doc-stride is a setting of --task qa, and this is --task classify"),
+    (["train", "--task", "tag", "--model", "{model}", "--train", "{dev}", "--out", "{tmp}/out", "--whole-word-mask"],
+     "--whole-word-mask is a setting of --task mlm, and this is --task tag"),
+    (["predict", "--model", "{model}", "good", "--squad-v2"], "--squad-v2 is a setting of --task qa"),
+    (["eval", "--model", "{model}", "--data", "{dev}", "--format", "conll"], "--format is a setting of --task tag"),
 ]
 
 

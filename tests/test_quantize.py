@@ -41,7 +41,8 @@ def polarity_classifier(minilm_dir, names=("-1", "1")):
 def test_int8_agrees_with_fp32_on_polarity(minilm_dir):
     if not (POLARITY / "test.csv").exists():
         pytest.fail("data/polarity not found: run `minift fetch data polarity` (`make test` does it)", pytrace=False)
-    task, opts = TASKS["classify"], task_options({})
+    task = TASKS["classify"]
+    opts = task_options({}, task)
     examples = task.read(POLARITY / "test.csv", opts)
     tok = Tokenizer.from_dir(minilm_dir)
     net = polarity_classifier(minilm_dir, ("negative", "positive") if "positive" in examples.labels else ("-1", "1"))

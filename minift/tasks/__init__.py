@@ -20,7 +20,7 @@ and, where a task has a file format of its own for predictions:
 and, on the model class, where checkpoints usually carry the head already (a masked LM's):
   PRETRAINED_HEAD = True  train notes when a bare encoder (BertModel) makes it start a new head
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from minift.config import bert_architecture
 from minift.errors import MiniftError
@@ -41,9 +41,23 @@ class TaskOptions:
     max_answer_length: int = 30
     null_threshold: float = 0.0
     squad_v2: bool = False
-    whole_word_mask: bool = False  # mlm
-    no_pack: bool = False  # mlm
-    format: str | None = None  # tag: conll, jsonl or wordtag; None: by the file's extension
+    whole_word_mask: bool = False
+    no_pack: bool = False
+    format: str | None = None  # conll, jsonl or wordtag; None: by the file's extension
+
+
+# The settings only one task reads. Given for another task they would change nothing, silently.
+OWNER = {"doc_stride": "qa", "max_answer_length": "qa", "null_threshold": "qa", "squad_v2": "qa",
+         "whole_word_mask": "mlm", "no_pack": "mlm", "format": "tag"}
+
+
+def check_options(task, opts: TaskOptions):
+    """Refuse another task's setting given a value other than its default."""
+    for f in fields(TaskOptions):
+        owner = OWNER.get(f.name)
+        if owner not in (None, task.name) and getattr(opts, f.name) != f.default:
+            raise MiniftError(f"--{f.name.replace('_', '-')} is a setting of --task {owner}, and this is --task "
+                              f"{task.name}: it would change nothing")
 
 
 TASKS = {name: Classify(name) for name in ("classify", "multilabel", "regression")}
