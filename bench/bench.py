@@ -1,6 +1,6 @@
 """minift versus Hugging Face transformers, side by side: same weights, data and machine.
 
-    python bench/bench.py [--quick] [--device cpu|cuda] [--out bench/results] [--cases abcd] [--accuracy]
+    python bench/bench.py [--quick] [--device cpu|cuda] [--out bench/results] [--cases abcd] [--accuracy [all]]
 
 (a) fixed-shape training step, (b) fine-tuning steps on real polarity batches, (c) inference on the
 polarity test set, (d) torch.compile of minift's loss. Prints a Markdown table and writes OUT/bench.json;
@@ -448,8 +448,9 @@ def case_d(dev, args):
 
 
 # ---------------------------------------------------------------- optional: accuracy after 2 epochs
-def accuracy(dev):
-    """2 epochs, lr 5e-5, 10% warmup, batch 32, seed 0: test accuracy of the last model, training wall time."""
+def accuracy(dev, with_defaults: bool):
+    """2 epochs, lr 5e-5, 10% warmup, batch 32, seed 0: test accuracy of the last model, training wall time.
+    minift and transformers (i); with_defaults, transformers (ii) too."""
     import tempfile
     from minift.predict import evaluate
     from minift.train_loop import train
@@ -462,7 +463,10 @@ def accuracy(dev):
         wall = time.time() - t
         acc = evaluate(Path(tmp) / "m", DATA / "test.csv", device=dev.type)["accuracy"]
         out.append({"system": "minift: train(mode='full')", "test_accuracy": acc, "wall_s": wall})
-    for name, (batches, collate, amp) in list(systems.items())[1:]:
+    hf = [name for name in systems if name.startswith("transformers (i)") or with_defaults and
+          name.startswith("transformers (ii)")]
+    for name in hf:
+        batches, collate, amp = systems[name]
         t = time.time()
         step, net = hf_trainer(None, dev, amp, total_steps=2 * len(batches))
         g = torch.Generator().manual_seed(1)  # a new random order in epoch 2, as the sampler gives
@@ -523,8 +527,9 @@ def main():
     ap.add_argument("--cases", default=None, help="any of a, b, c, d (default abcd; abc with --quick)")
     ap.add_argument("--repeats", type=int, default=None, help="timed repeats per system (default 5, quick 2)")
     ap.add_argument("--steps", type=int, default=None, help="timed steps per repeat in (b) (default 40, quick 2)")
-    ap.add_argument("--accuracy", action="store_true",
-                    help="also fine-tune each (b) system for 2 epochs and report test accuracy (many minutes)")
+    ap.add_argument("--accuracy", nargs="?", const="users", choices=["users", "all"],
+                    help="also fine-tune for 2 epochs and report test accuracy and wall time: minift and "
+                         "transformers (i), as users run it; 'all' adds transformers (ii), its defaults (far slower)")
     ap.add_argument("--threads", type=int, help="torch threads (default: torch's own choice); on a machine shared "
                     "with other work, 1 thread is far less disturbed by it")
     ap.add_argument("--rss-case", help=argparse.SUPPRESS)  # the peak-RSS child process
@@ -567,7 +572,7 @@ def main():
     result["rows"] = rows
     if args.accuracy:
         print("accuracy: 2 epochs per system ...", file=sys.stderr)
-        result["accuracy"] = accuracy(dev)
+        result["accuracy"] = accuracy(dev, with_defaults=args.accuracy == "all")
     write(Path(args.out), result, dev)
 
 
