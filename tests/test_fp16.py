@@ -37,6 +37,13 @@ def test_fp16_is_allowed_on_cpu():
     assert pick_precision("auto", CPU) != torch.float16  # slow without fp16 instructions: never chosen for you
 
 
+def applied_grads(opt):
+    """The gradients the fused AdamW kernel will use: .grad divided by grad_scale where train_step folds
+    the clipping into the kernel (without a scaler)."""
+    scale = getattr(opt, "grad_scale", None)
+    return [p.grad.clone() if scale is None else p.grad / scale for g in opt.param_groups for p in g["params"]]
+
+
 def test_scaled_step_clips_the_true_gradients(tiny_dir):
     """With a scale of 2^12 and clipping at 0.05: the returned norm is the unscaled gradients' norm
     (the same as a step without scaler), and the optimizer receives the same clipped gradients as
@@ -44,8 +51,7 @@ def test_scaled_step_clips_the_true_gradients(tiny_dir):
     clip, seen, results = 0.05, {}, {}
     for name, kw in (("scaled", {"init_scale": 2.0 ** 12}), ("plain", {})):
         net, opt, sched, scaler, loss_fn = setup(tiny_dir, **kw)
-        opt.register_step_pre_hook(lambda o, a, k, name=name: seen.__setitem__(
-            name, [p.grad.clone() for g in o.param_groups for p in g["params"]]))
+        opt.register_step_pre_hook(lambda o, a, k, name=name: seen.__setitem__(name, applied_grads(o)))
         loss, norm, applied = train_step(loss_fn, opt, sched, scaler, make_batches(tiny_dir, seed=1), clip)
         assert applied
         results[name] = (loss.item(), norm.item())
@@ -55,8 +61,9 @@ def test_scaled_step_clips_the_true_gradients(tiny_dir):
     assert l_s == pytest.approx(l_p, rel=1e-6)  # the reported loss is the unscaled one
     assert n_s == pytest.approx(n_p, rel=1e-4) and n_s > 3 * clip  # unscaled before the norm; clipping acts
     g_s, g_p = seen["scaled"], seen["plain"]
-    assert torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in g_s])).item() == \
-        pytest.approx(clip, rel=1e-4)
+    for g in (g_s, g_p):
+        assert torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(x) for x in g])).item() == \
+            pytest.approx(clip, rel=1e-4)
     g_s, g_p = torch.cat([g.flatten() for g in g_s]), torch.cat([g.flatten() for g in g_p])
     rel = (torch.linalg.vector_norm(g_s - g_p) / torch.linalg.vector_norm(g_p)).item()
     print(f"clipped gradients, scaled vs unscaled: {rel:.2e} relative")
