@@ -4,9 +4,12 @@ WordPiece (BERT, DistilBERT, ELECTRA), byte-level BPE (RoBERTa, ModernBERT) and 
 (XLM-R, CamemBERT), read from tokenizer.json, or from vocab.txt (WordPiece) or vocab.json + merges.txt
 (RoBERTa's BPE) where there is none. The special tokens a family adds around one text or a pair
 ([CLS] A [SEP] B [SEP], <s> A </s></s> B </s>) and its token type ids are read off the tokenizer's own
-post-processor once (Template), and encode applies them after truncating.
+post-processor once (Template), and encode applies them after truncating. Words given already split
+(tagging) are encoded as transformers' fast tokenizers encode them with is_split_into_words=True; a byte-level
+BPE with add_prefix_space=True there, as transformers requires (_word_tokenizer).
 """
 
+import copy
 import json
 from pathlib import Path
 
@@ -121,6 +124,28 @@ def _roberta_bpe(vocab, merges, config: dict):
     return tok
 
 
+def _word_tokenizer(tok):
+    """The tokenizer for pre-split words. A byte-level BPE marks a word that follows a space ("Ġword", its usual
+    form) apart from one that starts the text ("word"); given words one by one, it would encode every word in
+    the rare text-initial form unless its ByteLevel pre-tokenizer adds a space before each, which is why
+    transformers requires add_prefix_space=True for is_split_into_words=True. A copy with that setting, then,
+    whatever the saved one (ModernBERT's says false, and transformers' generic class ignores the argument, so
+    ModernBERT's authors load its tokenizer with RobertaTokenizerFast to tag). WordPiece and SentencePiece
+    (Metaspace, "▁word") need no change."""
+    pre = tok.pre_tokenizer
+    if not isinstance(pre, pre_tokenizers.ByteLevel):
+        if pre is not None and b'"ByteLevel"' in pre.__getstate__():
+            raise MiniftError(f"tagging given words: this tokenizer's pre-tokenizer nests a ByteLevel step in "
+                              f"{type(pre).__name__}; a space added before each word there would also go before "
+                              "every piece an earlier step splits off. Supported: a plain ByteLevel pre-tokenizer "
+                              "(RoBERTa's, ModernBERT's), WordPiece's and SentencePiece's")
+        return tok
+    words = copy.deepcopy(tok)
+    words.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True, trim_offsets=pre.trim_offsets,
+                                                   use_regex=pre.use_regex)
+    return words
+
+
 class Tokenizer:
     """Training tokenises a dataset once with encode, then pads each batch with Tokenizer.pad."""
 
@@ -136,6 +161,7 @@ class Tokenizer:
                                                                for r in ("pad", "cls", "sep", "mask"))
         self.vocab_size = tok.get_vocab_size()
         self.single, self.pair = _template(tok, False, source), _template(tok, True, source)
+        self._words = None  # the tokenizer of pre-split words, made when first needed (encode_words)
 
     @classmethod
     def from_dir(cls, path):
@@ -262,23 +288,29 @@ class Tokenizer:
         return torch.tensor([not t.startswith(("Ġ", "▁")) for t in self.tokens()])
 
     def word_spans(self, text: str) -> list[tuple[int, int]]:
-        """The words the pre-tokenizer splits `text` into, as (start, end) character offsets into it."""
+        """The words the pre-tokenizer splits `text` into, as (start, end) character offsets into it, trimmed of
+        whitespace (a byte-level BPE's words carry the space before them); whitespace alone is no word."""
         spans = {}
         e = self._tok.encode(text, add_special_tokens=False)
         for w, (s, t) in zip(e.word_ids, e.offsets):
             spans[w] = (spans.get(w, (s, t))[0], t)
-        return [spans[w] for w in sorted(spans)]
+        out = []
+        for s, t in (spans[w] for w in sorted(spans)):
+            word = text[s:t]
+            s, t = s + len(word) - len(word.lstrip()), t - len(word) + len(word.rstrip())
+            out += [(s, t)] if s < t else []
+        return out
 
     def encode_words(self, sentences: list[list[str]]) -> list[list[list[int]]]:
-        """Pre-tokenized sentences -> per sentence, per word, its WordPiece ids (no special tokens): the pieces
-        BertTokenizerFast(words, is_split_into_words=True) gives that word. A word the normalizer removes
-        entirely (a zero-width space) becomes [UNK] rather than vanish with its tag."""
-        if not isinstance(self._tok.model, WordPiece):  # BPE's word-initial pieces depend on add_prefix_space
-            raise MiniftError(f"tagging given words needs a WordPiece tokenizer (BERT, DistilBERT, ELECTRA); this "
-                              f"model's is {type(self._tok.model).__name__}, not supported for tagging yet")
+        """Pre-tokenized sentences -> per sentence, per word, its token ids (no special tokens): the pieces the
+        family's fast tokenizer gives that word with is_split_into_words=True, and for byte-level BPE with the
+        add_prefix_space=True that transformers asks for there (see _word_tokenizer). A word the normalizer
+        removes entirely (a zero-width space) becomes the unknown token rather than vanish with its tag."""
+        if self._words is None:
+            self._words = _word_tokenizer(self._tok)
         unk = self._tok.token_to_id(self.specials["unk"])
         out = []
-        encoded = self._tok.encode_batch(sentences, is_pretokenized=True, add_special_tokens=False)
+        encoded = self._words.encode_batch(sentences, is_pretokenized=True, add_special_tokens=False)
         for words, e in zip(sentences, encoded):
             pieces = [[] for _ in words]
             for i, w in zip(e.ids, e.word_ids):

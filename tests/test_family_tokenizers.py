@@ -15,6 +15,7 @@ from tokenizers import Tokenizer as HFTok
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from conftest import FIXTURES
+from minift.errors import MiniftError
 from minift.tokenizer import Tokenizer
 from test_tokenizer import random_texts
 
@@ -106,11 +107,17 @@ LAYOUTS = {"roberta-vocab.json": roberta_files, "roberta-tokenizer.json": robert
 
 
 @pytest.fixture(scope="module", params=list(LAYOUTS))
-def pair(request, tmp_path_factory):
+def layout(request, tmp_path_factory):
+    """(layout name, the tokenizer directory it built)."""
+    return request.param, LAYOUTS[request.param](tmp_path_factory.mktemp(request.param) / "tok")
+
+
+@pytest.fixture(scope="module")
+def pair(layout):
     """(minift's tokenizer, transformers' fast tokenizer) of one layout."""
-    d = LAYOUTS[request.param](tmp_path_factory.mktemp(request.param) / "tok")
+    name, d = layout
     # a directory of vocab.json + merges.txt alone names no class: the model's config.json would
-    hf = transformers.RobertaTokenizer if request.param == "roberta-vocab.json" else transformers.AutoTokenizer
+    hf = transformers.RobertaTokenizer if name == "roberta-vocab.json" else transformers.AutoTokenizer
     return Tokenizer.from_dir(d), hf.from_pretrained(d)
 
 
@@ -184,3 +191,99 @@ def test_qa_windows_match_transformers(pair, max_length, stride):
     assert "token_type_ids" not in enc or f.types == enc["token_type_ids"]
     assert [f.offsets[i][s:s + b - a + 1] for i, s, (a, b) in zip(f.example, f.first, f.window)] == offsets
     assert f.start.tolist() == starts and f.end.tolist() == ends
+
+
+# ---- pre-split words (tagging) ----
+
+# Texts split at whitespace (so no word holds a space), the empty sentence, and one long sentence of every
+# corpus text's words that needs windows at small max_lengths.
+WORD_SENTENCES = [t.split() for t in TEXTS] + [[w for t in CORPUS["singles"] for w in t.split()]]
+
+
+def word_reference(name, d):
+    """transformers' fast tokenizer as pre-split words need it: add_prefix_space=True, which it requires of a
+    byte-level BPE with is_split_into_words=True. ModernBERT's bare tokenizer.json loads in a generic class that
+    ignores that argument (transformers issue 37883); its authors load it with RobertaTokenizerFast instead
+    (AnswerDotAI/ModernBERT issue 149), whose single-text layout ([CLS] text [SEP]) is the same."""
+    byte_level = name.startswith("roberta") or name == "modernbert"
+    cls = transformers.RobertaTokenizerFast if byte_level else transformers.AutoTokenizer
+    return cls.from_pretrained(d, add_prefix_space=True)
+
+
+def reference_pieces(hf, words):
+    """Per word, the token ids transformers gives it (no special tokens); [] for a word that vanishes."""
+    r = hf(words, is_split_into_words=True, add_special_tokens=False)
+    pieces = [[] for _ in words]
+    for i, w in zip(r["input_ids"], r.word_ids()):
+        pieces[w].append(i)
+    return pieces
+
+
+def test_words_match_transformers_split_into_words(layout):
+    """Each word's token ids as transformers' fast tokenizer gives them with is_split_into_words=True (a word
+    that vanishes there, such as a lone control character for WordPiece, is the unknown token in minift)."""
+    name, d = layout
+    ours, hf = Tokenizer.from_dir(d), word_reference(name, d)
+    got = ours.encode_words(WORD_SENTENCES)
+    for words, pieces in zip(WORD_SENTENCES, got):
+        assert pieces == [p or [hf.unk_token_id] for p in reference_pieces(hf, words)], words
+    if name.startswith("roberta") or name == "modernbert":  # every word in its after-a-space form, "Ġword"
+        firsts = [p[0] for ps in got for p in ps if p[0] not in hf.all_special_ids]  # (random texts hold "[MASK]")
+        assert firsts and all(hf.convert_ids_to_tokens(i).startswith("Ġ") for i in firsts)
+
+
+@pytest.mark.parametrize("max_length", [16, 512])
+def test_tagging_windows_match_transformers_split_into_words(layout, max_length):
+    """The tagging features (minift/tasks/tag.py): each window of a sentence is transformers' encoding of its
+    words with is_split_into_words=True (special tokens included; a word longer than a window keeps its first
+    pieces), and each owned word is labelled at its first token by transformers' word ids."""
+    from minift.config import BertConfig
+    from minift.tasks import TaskOptions
+    from minift.tasks.tag import Sentences, Tag, windows
+    name, d = layout
+    ours, hf = Tokenizer.from_dir(d), word_reference(name, d)
+    # sentences where no word vanishes in transformers (minift keeps those as the unknown token: above)
+    sentences = [ws for ws in WORD_SENTENCES if ws and all(reference_pieces(hf, ws))]
+    ds = Sentences("<test>", sentences, [["O"] * len(ws) for ws in sentences], [[1] * len(ws) for ws in sentences],
+                   [""] * len(sentences), [[]] * len(sentences))
+    f = Tag().features(ds, ours, max_length, BertConfig(id2label={0: "O"}), TaskOptions())
+    budget, k = max_length - ours.n_specials(pair=False), 0
+    for s, words in enumerate(sentences):
+        for a, b, own in windows([min(len(p), budget) for p in reference_pieces(hf, words)], budget):
+            r = hf(words[a:b], is_split_into_words=True)
+            keep = [w is None or r.word_ids()[:i].count(w) < budget for i, w in enumerate(r.word_ids())]
+            ids = [i for i, x in zip(r["input_ids"], keep) if x]
+            word_ids = [w for w, x in zip(r.word_ids(), keep) if x]
+            assert (f.sentence[k], f.ids[k]) == (s, ids), words[a:b]
+            assert f.owned[k] == [(word_ids.index(w - a), w) for w in own]
+            assert f.labels[k] == [0 if w is not None and (p, w + a) in f.owned[k] else -100 for p, w in enumerate(word_ids)]
+            k += 1
+    assert k == len(f.ids) and (max_length == 512 or k > len(sentences))  # at 16, long sentences were split
+
+
+def test_word_spans_of_plain_text(pair):
+    """Plain text to tag is split into words by the pre-tokenizer: spans in order, none empty, none with
+    whitespace at either end (a byte-level BPE's pre-tokens carry the space before them), and with a
+    byte-level BPE, which drops nothing, every other character inside one."""
+    ours, hf = pair
+    byte_level = isinstance(ours._tok.pre_tokenizer, pre_tokenizers.ByteLevel)
+    for text in TEXTS:
+        spans = ours.word_spans(text)
+        assert all(a < b <= c for (a, b), (c, _) in zip(spans, spans[1:] + [(len(text), 0)])), text
+        assert all(text[a:b].strip() == text[a:b] for a, b in spans), text
+        covered = {i for a, b in spans for i in range(a, b)}
+        assert not byte_level or all(c.isspace() or i in covered for i, c in enumerate(text)), text
+
+
+def test_a_nested_byte_level_step_is_refused_for_words(tmp_path):
+    """Where a byte-level step sits inside a sequence of pre-tokenizers, adding each word's leading space to it
+    would add one to every piece a step before it splits off: refused, with the reason, not encoded wrong."""
+    d = roberta_json(tmp_path)
+    config = json.loads((d / "tokenizer.json").read_text())
+    config["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": True},
+                                                                     config["pre_tokenizer"]]}
+    (d / "tokenizer.json").write_text(json.dumps(config))
+    tok = Tokenizer.from_dir(d)
+    assert tok.encode(["a 12"])[0]  # plain texts are fine
+    with pytest.raises(MiniftError, match="nests a ByteLevel step in Sequence"):
+        tok.encode_words([["a", "12"]])

@@ -162,25 +162,6 @@ def test_first_piece_labels_match_transformers_word_ids(minilm_dir, tmp_path):
         assert f.labels[s] == want, words
 
 
-def test_family_tokenizers_for_tagging(tmp_path):
-    """DistilBERT's WordPiece (no token types): its words' pieces and the features' ids and labels are
-    transformers' with is_split_into_words; a byte-level BPE (RoBERTa) is refused with a clear error."""
-    from test_family_tokenizers import roberta_files, wordpiece
-    d = wordpiece(tmp_path / "wp")
-    tok, hf_tok = Tokenizer.from_dir(d), transformers.AutoTokenizer.from_pretrained(d)
-    tags = [["O"] * len(ws) for ws in AWKWARD_WORDS]
-    ds = read_tagged(write_jsonl(tmp_path / "s.jsonl", list(zip(AWKWARD_WORDS, tags))))
-    f = Tag().features(ds, tok, 128, BertConfig(id2label={0: "O"}), TaskOptions())
-    for s, words in enumerate(AWKWARD_WORDS):
-        enc = hf_tok(words, is_split_into_words=True)
-        first = [w is not None and (i == 0 or enc.word_ids()[i - 1] != w) for i, w in enumerate(enc.word_ids())]
-        assert f.ids[s] == enc["input_ids"] and f.types[s] == [0] * len(f.ids[s]), words
-        assert f.labels[s] == [0 if x else -100 for x in first], words
-    bpe = Tokenizer.from_dir(roberta_files(tmp_path / "bpe"))
-    with pytest.raises(MiniftError, match="tagging given words needs a WordPiece tokenizer"):
-        Tag().features(ds, bpe, 128, BertConfig(id2label={0: "O"}), TaskOptions())
-
-
 def test_windows_own_every_word_once():
     rng = random.Random(1)
     for _ in range(2000):

@@ -2,11 +2,11 @@
 
 The head is BertForTokenClassification's: dropout and a linear layer on every token's hidden state
 (the same in RoBERTa's, DistilBERT's and ELECTRA's; ModernBERT's puts its dense -> activation -> norm
-first; tagging given words needs a WordPiece tokenizer).
-Words are split into WordPieces; a word's tag trains on, and is predicted from, its first piece; the
-other pieces, [CLS] and [SEP] are ignored by the loss (label -100). A sentence longer than
---max-length is cut into overlapping windows of whole words, and each word belongs to the one window
-where it has the most context on its shorter side: it trains and is predicted there, exactly once.
+first). Words are split into the tokenizer's pieces (Tokenizer.encode_words); a word's tag trains on, and
+is predicted from, its first piece; the other pieces, [CLS] and [SEP] are ignored by the loss (label -100).
+A sentence longer than --max-length is cut into overlapping windows of whole words, and each word belongs
+to the one window where it has the most context on its shorter side: it trains and is predicted there,
+exactly once.
 
 Files (the format follows the extension unless --format names it):
   conll    .conll .iob .bio   a token per line, the tag in the last column; a blank line ends a
@@ -200,10 +200,10 @@ def read_wordtag(path, text, labelled):
 READERS = {"conll": read_conll, "jsonl": read_jsonl, "wordtag": read_wordtag}
 
 
-# ---- features: words -> windows of WordPieces ----
+# ---- features: words -> windows of pieces ----
 
 def windows(lengths: list[int], budget: int) -> list[tuple[int, int, list[int]]]:
-    """Cut a sentence (lengths: WordPieces per word, each at most budget) into windows [a, b) of whole
+    """Cut a sentence (lengths: pieces per word, each at most budget) into windows [a, b) of whole
     words holding at most budget pieces, each starting halfway into the one before. Each word is owned
     by the window where it has the most pieces of context on its shorter side (the first on a tie).
     Returns (a, b, the words it owns) for each window that owns any."""
