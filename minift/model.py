@@ -94,6 +94,29 @@ def attention(q, k, v, mask, p_drop: float, sdpa: bool | None = None):
     return (dropout(probs, p_drop) if p_drop > 0 else probs) @ v
 
 
+def local_attention(q, k, v, mask, w: int, p_drop: float):
+    """attention() over the keys at most w positions from each query (ModernBERT's sliding window), in blocks:
+    each block of w queries sees the 3w keys of its own block and the two beside it, so that scores and mask
+    take O(T * w) memory, not O(T * T). q, k, v [B, nh, T, hd]; mask [B, 1, 1, T] bool (True = real token) or
+    None -> [B, nh, T, hd]."""
+    B, nh, T, hd = q.shape
+    nb = -(-T // w)  # blocks of w queries; the last one padded
+    pad = nb * w - T
+
+    def keys(x, dim):  # pad w before and w + pad after, then the 3w keys of each block: [..., nb, ..., 3w]
+        return F.pad(x, (0, 0) * (x.dim() - 1 - dim) + (w, w + pad)).unfold(dim, 3 * w, w)
+    qb = F.pad(q, (0, 0, 0, pad)).reshape(B, nh, nb, w, hd).transpose(1, 2).reshape(B * nb, nh, w, hd)
+    kb, vb = (keys(x, 2).permute(0, 2, 1, 4, 3).reshape(B * nb, nh, 3 * w, hd) for x in (k, v))
+    real = torch.ones(B, T, dtype=torch.bool, device=q.device) if mask is None else mask.view(B, T)
+    r, c = torch.arange(w, device=q.device), torch.arange(3 * w, device=q.device)
+    band = (c[None, :] - w - r[:, None]).abs() <= w  # [w, 3w]: query r of a block, key c of its three
+    # Padding queries attend to their whole band (finite, unread), so that no row is masked entirely.
+    # [B, nb, 3w] keys that are real tokens | [B, nb, w] queries that are not -> [B * nb, 1, w, 3w]
+    see = keys(real, 1)[:, :, None, :] | ~F.pad(real, (0, pad)).view(B, nb, w, 1)
+    y = attention(qb, kb, vb, (band & see).view(B * nb, 1, w, 3 * w), p_drop)  # [B * nb, nh, w, hd]
+    return y.reshape(B, nb, nh, w, hd).transpose(1, 2).reshape(B, nh, nb * w, hd)[:, :, :T]
+
+
 class Packing:
     """Where the real tokens of a padded [B, T] batch sit.
 
@@ -185,17 +208,19 @@ def rotate(x, cos, sin):  # x [N, nh, hd] rotated by the angles of its token, in
 
 
 class SelfAttention(nn.Module):
-    def __init__(self, cfg: BertConfig):
+    def __init__(self, cfg: BertConfig, local: bool = False):
         super().__init__()
         self.nh = cfg.num_attention_heads
+        self.window = cfg.local_attention // 2 if local else None  # keys at most this far from the query
         # One [3H, H] projection instead of three: one matmul reads x once.
         self.qkv = nn.Linear(cfg.hidden_size, 3 * cfg.hidden_size, bias=cfg.bias)
         self.proj = nn.Linear(cfg.hidden_size, cfg.hidden_size, bias=cfg.bias)
         self.p_drop = cfg.attention_probs_dropout_prob
 
     def forward(self, x, pack, mask, rope=None, cls=None):
-        """x [R, H] the packed rows (the real tokens first); pack: Packing; mask [B, 1, 1 or T, T] (True =
-        attend) or None; rope: (cos, sin) [R, hd] to rotate queries and keys by. -> [R, H], or [B, H] given cls (the rows of the [CLS] tokens)."""
+        """x [R, H] the packed rows (the real tokens first); pack: Packing; mask [B, 1, 1, T] (True = real token)
+        or None; rope: (cos, sin) [R, hd] to rotate queries and keys by. -> [R, H], or [B, H] given cls (the
+        rows of the [CLS] tokens)."""
         B, T, H = pack.B, pack.T, x.size(1)
         qkv = self.qkv(x)  # [N, 3H]
         if rope is not None:  # rotated where they are packed: each real token once
@@ -204,18 +229,24 @@ class SelfAttention(nn.Module):
         q, k, v = pack.pad(qkv).view(B, T, 3, self.nh, H // self.nh).permute(2, 0, 3, 1, 4)  # 3 x [B, nh, T, hd]
         if cls is not None:  # one query per sequence, its [CLS] token (at position 0): [B, nh, 1, hd]
             q = qkv[cls, :H].view(B, 1, self.nh, H // self.nh).transpose(1, 2)
-            mask = mask if mask is None else mask[:, :, :1]
-        y = attention(q, k, v, mask, self.p_drop if self.training else 0.0)  # [B, nh, T or 1, hd]
+            if self.window is not None:  # which sees the keys within the window of position 0 alone
+                k, v = k[:, :, :self.window + 1], v[:, :, :self.window + 1]
+                mask = mask if mask is None else mask[..., :self.window + 1]
+        p = self.p_drop if self.training else 0.0
+        if self.window is not None and k.size(2) > self.window + 1:  # a window shorter than the sequence
+            y = local_attention(q, k, v, mask, self.window, p)  # [B, nh, T, hd]
+        else:
+            y = attention(q, k, v, mask, p)  # [B, nh, T or 1, hd]
         y = y.transpose(1, 2).reshape(B, -1, H)  # [B, T or 1, H]
         return self.proj(pack.rows(y) if cls is None else y.view(B, H))
 
 
 class Layer(nn.Module):
-    def __init__(self, cfg: BertConfig, first: bool = False):
+    def __init__(self, cfg: BertConfig, first: bool = False, local: bool = False):
         super().__init__()
         H, I, bias = cfg.hidden_size, cfg.intermediate_size, cfg.bias
         self.pre_norm = cfg.pre_norm
-        self.attn = SelfAttention(cfg)
+        self.attn = SelfAttention(cfg, local)
         # Pre-LN: the embeddings' LayerNorm is the first layer's input norm already.
         self.ln1 = None if self.pre_norm and first else nn.LayerNorm(H, eps=cfg.layer_norm_eps, bias=bias)
         self.fc = nn.Linear(H, 2 * I if self.pre_norm else I, bias=bias)  # pre-LN families use GeGLU: value, gate
@@ -274,7 +305,7 @@ class Bert(nn.Module):
         super().__init__()
         self.config = config
         self.embeddings = Embeddings(config)
-        self.layers = nn.ModuleList(Layer(config, first=i == 0) for i in range(config.num_hidden_layers))
+        self.layers = nn.ModuleList(Layer(config, first=i == 0, local=local) for i, local in enumerate(config.sliding))
         self.final_ln = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps, bias=config.bias) \
             if config.pre_norm else None
         self.pooler = nn.Linear(config.hidden_size, config.hidden_size) if pooler else None
@@ -303,17 +334,13 @@ class Bert(nn.Module):
             positions = real.cumsum(1) - 1 + cfg.position_offset
         ids, types, positions = (pack.rows(t) for t in (input_ids, token_type_ids, positions))  # [R] each
         x = self.embeddings(ids, types, positions)  # [R, H]
-        masks, ropes = {False: pack.mask}, {False: None}  # by "is the layer local"
+        ropes = {False: None}  # by "is the layer local"
         if cfg.pre_norm:
             ropes = {False: rotary(cfg, cfg.rope_theta, positions), True: rotary(cfg, cfg.local_rope_theta, positions)}
-            if any(cfg.sliding):  # tokens at most local_attention // 2 apart, in the padded layout
-                i = torch.arange(T, device=input_ids.device)
-                band = ((i[:, None] - i[None, :]).abs() <= cfg.local_attention // 2)[None, None]  # [1, 1, T, T]
-                masks[True] = band if pack.mask is None else pack.mask & band  # [B or 1, 1, T, T]
         for i, (layer, local) in enumerate(zip(self.layers, cfg.sliding)):
             last = cls_only and i == len(self.layers) - 1
             # [R, H]; [B, H] after the last given cls_only
-            x = layer(x, pack, masks[local], ropes[local], pack.first if last else None)
+            x = layer(x, pack, pack.mask, ropes[local], pack.first if last else None)
         if self.final_ln is not None:
             x = self.final_ln(x)
         return (x if cls_only else x[:pack.n]), pack

@@ -133,6 +133,63 @@ def test_padding_and_the_first_token_path_change_nothing(family, kw, tmp_path):
             assert rel(h[i, :n], h1[0]) <= 1e-5 and rel(pooled[i], p1[0]) <= 1e-5
 
 
+LONG = ("modernbert", dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=37,
+                          global_attn_every_n_layers=3, local_attention=128, pad_token_id=0))  # global, local, local
+
+
+@pytest.mark.parametrize("sdpa", [True, False], ids=["sdpa", "written-out"])
+def test_modernbert_long_context_matches_transformers(sdpa, tmp_path, monkeypatch):
+    """2,048 tokens through windows of 128 (local layers last, so that the first-token-only path reads one),
+    in both attention paths: hidden states within 1e-5 and every gradient within 1e-4 of transformers, a
+    padded row whose end falls inside a block; pooled_only's [CLS] rows equal the full path's."""
+    import minift.model
+    monkeypatch.setattr(minift.model, "SDPA_CPU_INFERENCE", {minift.model.CPU_CLASS: (torch.float32,)} if sdpa else {})
+    family, kw = LONG
+    hf = hf_model(family, kw, seed=1)
+    hf.save_pretrained(tmp_path)
+    ours = Bert.from_pretrained(tmp_path).eval()
+    g = torch.Generator().manual_seed(2)
+    ids = torch.randint(1, V, (2, 2048), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, 1337:] = 0
+    ids = ids.masked_fill(mask == 0, 0)
+    m = mask.bool()
+    w = torch.randn(2048, 32, generator=g)
+    ref = hf(input_ids=ids, attention_mask=mask).last_hidden_state
+    h, _ = ours(ids, mask)
+    assert rel(h[m], ref[m]) <= 1e-5
+    (ref * w * mask[..., None]).sum().backward()
+    (h * w * mask[..., None]).sum().backward()
+    for name, p in ours.named_parameters():
+        if not name.startswith("pooler."):
+            assert rel(p.grad, hf_grad(hf, hf_names(name, LAYOUTS[family][1]))) <= 1e-4, name
+    pooled = Bert(ours.config, pooler=True)
+    pooled.load_state_dict(ours.state_dict(), strict=False)
+    with torch.no_grad():
+        assert rel(pooled.eval()(ids, mask, pooled_only=True), pooled(ids, mask)[1]) <= 1e-5
+
+
+def test_modernbert_window_masks_do_not_grow_with_t_squared(monkeypatch):
+    """What the attention of each layer is given at B=2, T=2,048, windows of 128: the global layer a [B, 1, 1, T]
+    key mask, each local one blocks of 64 queries against 192 keys with a [B * T / 64, 1, 64, 192] mask, so that
+    neither mask nor scores hold a [T, T] matrix (B * T * T would be 8.4 million booleans; these are 0.8 million)."""
+    import minift.model
+    calls, real = [], minift.model.attention
+
+    def spy(q, k, v, mask, *args, **kw):
+        calls.append((tuple(q.shape), tuple(k.shape), None if mask is None else tuple(mask.shape)))
+        return real(q, k, v, mask, *args, **kw)
+    monkeypatch.setattr(minift.model, "attention", spy)
+    cfg = BertConfig.from_dict({"model_type": "modernbert", **LONG[1], "vocab_size": V})
+    ids = torch.randint(1, V, (2, 2048))
+    mask = torch.ones_like(ids)
+    mask[1, 1000:] = 0
+    with torch.no_grad():
+        Bert(cfg, pooler=False).eval()(ids, mask)
+    assert calls[0] == ((2, 2, 2048, 16), (2, 2, 2048, 16), (2, 1, 1, 2048))
+    assert calls[1:] == [((64, 2, 64, 16), (64, 2, 192, 16), (64, 1, 64, 192))] * 2
+
+
 def test_config_names_of_each_family_are_translated():
     d = BertConfig.from_dict({"model_type": "distilbert", "dim": 48, "n_heads": 3, "n_layers": 2, "hidden_dim": 99,
                               "activation": "relu", "dropout": 0.2, "attention_dropout": 0.3})
