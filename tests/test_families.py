@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from minift import Bert, BertConfig, MiniftError
-from minift.checkpoint import LAYOUTS, hf_names, hf_tensor_names
+from minift.checkpoint import LAYOUTS, hf_tensor_names
 from minift.config import FAMILIES
 from minift.tasks.classify import BertClassifier
 
@@ -82,6 +82,27 @@ def hf_grad(hf, names):  # the gradient of a minift tensor: its Hugging Face par
     return torch.cat([params[n].grad for n in names])
 
 
+def assert_like_transformers(ours, hf, outputs, d, auto):
+    """After both models back-propagated the same loss: every gradient of minift's model within 1e-4 (relative)
+    of its Hugging Face tensors' (a tensor the loss does not reach, a pooler, has no gradient on either side).
+    Then minift's save to d loads in transformers (auto) as hf's very class, named so in config.json, and
+    outputs(model) of it is within 1e-6 of hf's."""
+    prefix = LAYOUTS[ours.config.model_type][0]
+    for name, p in ours.named_parameters():
+        names = [(f"{prefix}." if name.startswith("bert.") else "") + n for n in hf_tensor_names(ours, name)]
+        if p.grad is None:
+            assert all(dict(hf.named_parameters())[n].grad is None for n in names), name
+        else:
+            assert rel(p.grad, hf_grad(hf, names)) <= 1e-4, name
+    ours.save_pretrained(d)
+    config = json.loads((d / "config.json").read_text())
+    assert config["model_type"] == ours.config.model_type and config["architectures"] == [type(hf).__name__]
+    back = auto.from_pretrained(d, attn_implementation="sdpa").eval()
+    assert type(back) is type(hf)
+    with torch.no_grad():
+        assert rel(outputs(back), outputs(hf)) <= 1e-6
+
+
 @pytest.mark.parametrize("family,kw", CASES, ids=IDS)
 def test_hidden_states_and_gradients_match_transformers(family, kw, tmp_path):
     hf = hf_model(family, kw, seed=len(IDS[0]) + sum(map(ord, str(kw))))
@@ -97,20 +118,8 @@ def test_hidden_states_and_gradients_match_transformers(family, kw, tmp_path):
     assert rel(h[m], ref[m]) <= 1e-5
     (ref * w * mask[..., None]).sum().backward()
     (h * w * mask[..., None]).sum().backward()
-    names = LAYOUTS[family][1]
-    for name, p in ours.named_parameters():
-        if name.startswith("pooler."):  # the hidden states do not depend on it
-            continue
-        assert rel(p.grad, hf_grad(hf, hf_names(name, names))) <= 1e-4, name
-
-    # and back: transformers loads minift's directory to the same function
-    ours.save_pretrained(tmp_path / "ours")
-    config = json.loads((tmp_path / "ours" / "config.json").read_text())
-    assert config["model_type"] == family and config["architectures"][0].endswith("Model")
-    back = transformers.AutoModel.from_pretrained(tmp_path / "ours", attn_implementation="sdpa").eval()
-    assert type(back) is type(hf)
-    with torch.no_grad():
-        assert rel(back(input_ids=ids, attention_mask=mask).last_hidden_state[m], ref[m]) <= 1e-6
+    assert_like_transformers(ours, hf, lambda model: model(input_ids=ids, attention_mask=mask).last_hidden_state[m],
+                             tmp_path / "ours", transformers.AutoModel)
     assert torch.equal(Bert.from_pretrained(tmp_path / "ours").embeddings.word.weight, ours.embeddings.word.weight)
 
 
@@ -160,9 +169,8 @@ def test_modernbert_long_context_matches_transformers(sdpa, tmp_path, monkeypatc
     assert rel(h[m], ref[m]) <= 1e-5
     (ref * w * mask[..., None]).sum().backward()
     (h * w * mask[..., None]).sum().backward()
-    for name, p in ours.named_parameters():
-        if not name.startswith("pooler."):
-            assert rel(p.grad, hf_grad(hf, hf_names(name, LAYOUTS[family][1]))) <= 1e-4, name
+    assert_like_transformers(ours, hf, lambda model: model(input_ids=ids, attention_mask=mask).last_hidden_state[m],
+                             tmp_path / "ours", transformers.AutoModel)
     pooled = Bert(ours.config, pooler=True)
     pooled.load_state_dict(ours.state_dict(), strict=False)
     with torch.no_grad():
@@ -237,19 +245,9 @@ def test_sequence_classifier_matches_transformers_both_ways(family, kw, tmp_path
     assert rel(logits, o.logits) <= 1e-5 and rel(loss, o.loss) <= 1e-5
     o.loss.backward()
     loss.backward()
-    params, prefix = dict(hf.named_parameters()), LAYOUTS[family][0]
-    for name, p in ours.named_parameters():
-        own = f"{prefix}." if name.startswith("bert.") else ""
-        ref = torch.cat([params[own + n].grad for n in hf_tensor_names(ours, name)])
-        assert rel(p.grad, ref) <= 1e-4, name
-
-    ours.save_pretrained(tmp_path / "ours")
-    config = json.loads((tmp_path / "ours" / "config.json").read_text())
-    assert config["architectures"] == [f"{FAMILIES[family]}ForSequenceClassification"]
-    back = auto.from_pretrained(tmp_path / "ours", attn_implementation="sdpa").eval()
-    assert type(back) is type(hf)
-    with torch.no_grad():
-        assert rel(back(input_ids=ids, attention_mask=mask).logits, o.logits) <= 1e-6
+    assert type(hf).__name__ == f"{FAMILIES[family]}ForSequenceClassification"
+    assert_like_transformers(ours, hf, lambda model: model(input_ids=ids, attention_mask=mask).logits,
+                             tmp_path / "ours", auto)
 
 
 # ---- the CLI, end to end: a tiny random checkpoint of each family with its tokenizer ----
@@ -353,15 +351,6 @@ def test_qa_head_matches_transformers_both_ways(family, kw, tmp_path):
     assert rel(loss1, full.loss) <= 1e-5
     full.loss.backward()
     loss1.backward()
-    params, prefix = dict(hf.named_parameters()), LAYOUTS[family][0]
-    for name, p in ours.named_parameters():
-        own = f"{prefix}." if name.startswith("bert.") else ""
-        ref = torch.cat([params[own + n].grad for n in hf_tensor_names(ours, name)])
-        assert rel(p.grad, ref) <= 1e-4, name
-
-    ours.save_pretrained(tmp_path / "ours")
-    config = json.loads((tmp_path / "ours" / "config.json").read_text())
-    assert config["architectures"] == [f"{FAMILIES[family]}ForQuestionAnswering"]
-    back = auto.from_pretrained(tmp_path / "ours", attn_implementation="sdpa").eval()
-    with torch.no_grad():
-        assert rel(back(input_ids=ids, attention_mask=mask).start_logits[m], o.start_logits[m]) <= 1e-6
+    assert type(hf).__name__ == f"{FAMILIES[family]}ForQuestionAnswering"
+    assert_like_transformers(ours, hf, lambda model: torch.stack(model(input_ids=ids, attention_mask=mask)[:2])[:, m],
+                             tmp_path / "ours", auto)
