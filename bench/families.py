@@ -116,7 +116,8 @@ def repeat(args):
 
 
 def run_repeat(system, d, args):
-    cmd = [sys.executable, __file__, "--system", system, "--dir", d, "--batch", str(args.batch), "--steps", str(args.steps)]
+    cmd = [sys.executable, __file__, "--system", system, "--dir", d, "--batch", str(args.batch),
+           "--steps", str(args.steps)]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
         sys.exit(f"{system} failed (exit {r.returncode}):\n{r.stderr[-3000:]}")

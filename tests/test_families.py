@@ -291,9 +291,9 @@ def test_cli_fine_tuning_memorises_a_batch(family, layout, kw, tmp_path, capsys)
 
 
 TAGGED = [("Barack Obama visited Paris .", "B-PER I-PER O B-LOC O"), ("Crème brûlée in Zürich", "O O O B-LOC"),
-          ("the film was funny", "O O O O"), ("我 喜欢 北京", "O O B-LOC"), ("Ada Lovelace wrote 🙂", "B-PER I-PER O O"),
-          ("nothing works in Paris", "O O O B-LOC"), ("Obama , Paris and Zürich", "B-PER O B-LOC O B-LOC"),
-          ("a good story", "O O O")]
+          ("the film was funny", "O O O O"), ("我 喜欢 北京", "O O B-LOC"),
+          ("Ada Lovelace wrote 🙂", "B-PER I-PER O O"), ("nothing works in Paris", "O O O B-LOC"),
+          ("Obama , Paris and Zürich", "B-PER O B-LOC O B-LOC"), ("a good story", "O O O")]
 
 
 def test_cli_tagging_with_byte_level_bpe_memorises_a_file(tmp_path, capsys):

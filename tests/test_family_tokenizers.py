@@ -264,7 +264,8 @@ def test_tagging_windows_match_transformers_split_into_words(layout, max_length)
             word_ids = [w for w, x in zip(r.word_ids(), keep) if x]
             assert (f.sentence[k], f.ids[k]) == (s, ids), words[a:b]
             assert f.owned[k] == [(word_ids.index(w - a), w) for w in own]
-            assert f.labels[k] == [0 if w is not None and (p, w + a) in f.owned[k] else -100 for p, w in enumerate(word_ids)]
+            first = [w is not None and (p, w + a) in f.owned[k] for p, w in enumerate(word_ids)]
+            assert f.labels[k] == [0 if x else -100 for x in first]
             k += 1
     assert k == len(f.ids) and (max_length == 512 or k > len(sentences))  # at 16, long sentences were split
 
