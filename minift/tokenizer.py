@@ -129,9 +129,8 @@ def _word_tokenizer(tok):
     form) apart from one that starts the text ("word"); given words one by one, it would encode every word in
     the rare text-initial form unless its ByteLevel pre-tokenizer adds a space before each, which is why
     transformers requires add_prefix_space=True for is_split_into_words=True. A copy with that setting, then,
-    whatever the saved one (ModernBERT's says false, and transformers' generic class ignores the argument, so
-    ModernBERT's authors load its tokenizer with RobertaTokenizerFast to tag). WordPiece and SentencePiece
-    (Metaspace, "▁word") need no change."""
+    whatever the saved one (ModernBERT's says false, and transformers' generic class ignores the argument; its
+    authors found that tagging needs it). WordPiece and SentencePiece (Metaspace, "▁word") need no change."""
     pre = tok.pre_tokenizer
     if not isinstance(pre, pre_tokenizers.ByteLevel):
         if pre is not None and b'"ByteLevel"' in pre.__getstate__():

@@ -211,8 +211,8 @@ WORD_SENTENCES = [t.split() for t in TEXTS] + [[w for t in CORPUS["singles"] for
 def word_reference(name, d):
     """transformers' fast tokenizer as pre-split words need it: add_prefix_space=True, which it requires of a
     byte-level BPE with is_split_into_words=True. ModernBERT's bare tokenizer.json loads in a generic class that
-    ignores that argument (transformers issue 37883); its authors load it with RobertaTokenizerFast instead
-    (AnswerDotAI/ModernBERT issue 149), whose single-text layout ([CLS] text [SEP]) is the same."""
+    ignores that argument (transformers issue 37883), so its reference is RobertaTokenizerFast, the workaround
+    given in AnswerDotAI/ModernBERT issue 149, whose single-text layout ([CLS] text [SEP]) is the same."""
     byte_level = name.startswith("roberta") or name == "modernbert"
     cls = transformers.RobertaTokenizerFast if byte_level else transformers.AutoTokenizer
     return cls.from_pretrained(d, add_prefix_space=True)
