@@ -1,7 +1,7 @@
 """The parity figures of README's family table: the largest relative differences from transformers, per
 family, over the random configurations of tests/test_families.py (encoder, sequence head) and
-tests/test_family_heads.py (token and masked-LM heads); the tests assert the bounds, this prints the values.
-fp32, CPU. Usage: python bench/family_parity.py
+tests/test_family_heads.py (token and masked-LM heads), and of ModernBERT at long context (test_families.py's
+LONG); the tests assert the bounds, this prints the values. fp32, CPU. Usage: python bench/family_parity.py
 """
 import sys
 import tempfile
@@ -90,6 +90,32 @@ def tagger(family, kw, d):
                       23 + len(kw), labels)
 
 
+def long_context(d):
+    """ModernBERT at 2,048 tokens, windows of 128 (tests/test_families.py's LONG): (hidden states, gradients)
+    per attention path."""
+    import minift.model
+    family, kw = t.LONG
+    hf = t.hf_model(family, kw, seed=1)
+    hf.save_pretrained(d)
+    g = torch.Generator().manual_seed(2)
+    ids = torch.randint(1, t.V, (2, 2048), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, 1337:] = 0
+    ids, m, w = ids.masked_fill(mask == 0, 0), mask.bool(), torch.randn(2048, kw["hidden_size"], generator=g)
+    ref = hf(input_ids=ids, attention_mask=mask).last_hidden_state
+    (ref * w * mask[..., None]).sum().backward()
+    out = {}
+    for path, sdpa in (("SDPA", {minift.model.CPU_CLASS: (torch.float32,)}), ("written out", {})):
+        minift.model.SDPA_CPU_INFERENCE = sdpa
+        ours = Bert.from_pretrained(d).eval()
+        h, _ = ours(ids, mask)
+        (h * w * mask[..., None]).sum().backward()
+        grads = [t.rel(p.grad, t.hf_grad(hf, hf_names(n, LAYOUTS[family][1]))) for n, p in ours.named_parameters()
+                 if not n.startswith("pooler.")]
+        out[path] = (t.rel(h[m], ref[m]), max(grads))
+    return out
+
+
 def main():
     torch.set_num_threads(1)
     t.transformers.utils.logging.disable_progress_bar()
@@ -106,6 +132,11 @@ def main():
     for family, f in worst.items():
         n = sum(fam == family for fam, _ in t.CASES)
         print(f"| {family} | {n} | " + " | ".join(f"{x:.1e}" for x in f) + " |")
+    with tempfile.TemporaryDirectory() as d:
+        figures = long_context(d)
+    print("\n| ModernBERT, 2,048 tokens, windows of 128 | hidden states | encoder gradients |\n|---|---:|---:|")
+    for path, f in figures.items():
+        print(f"| {path} | " + " | ".join(f"{x:.1e}" for x in f) + " |")
 
 
 if __name__ == "__main__":
