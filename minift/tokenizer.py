@@ -134,7 +134,7 @@ def _word_tokenizer(tok):
     pre = tok.pre_tokenizer
     if not isinstance(pre, pre_tokenizers.ByteLevel):
         if pre is not None and b'"ByteLevel"' in pre.__getstate__():
-            raise MiniftError(f"tagging given words: this tokenizer's pre-tokenizer nests a ByteLevel step in "
+            raise MiniftError("tagging given words: this tokenizer's pre-tokenizer nests a ByteLevel step in "
                               f"{type(pre).__name__}; a space added before each word there would also go before "
                               "every piece an earlier step splits off. Supported: a plain ByteLevel pre-tokenizer "
                               "(RoBERTa's, ModernBERT's), WordPiece's and SentencePiece's")
