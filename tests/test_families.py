@@ -298,31 +298,34 @@ TAGGED = [("Barack Obama visited Paris .", "B-PER I-PER O B-LOC O"), ("Crème br
           ("Obama , Paris and Zürich", "B-PER O B-LOC O B-LOC"), ("a good story", "O O O")]
 
 
-def test_cli_tagging_with_byte_level_bpe_memorises_a_file(tmp_path, capsys):
-    """`minift train --task tag` on a random RoBERTa with its byte-level BPE (vocab.json + merges.txt), then
-    `minift eval` on the same CoNLL file: every word's tag learnt; `minift predict` on plain text splits it into
-    the same words (no space in any) and tags them alike."""
+@pytest.mark.parametrize("family,layout,kw", [("roberta", "roberta-vocab.json", CASES[0][1]),
+                                               ("modernbert", "modernbert", CASES[11][1])], ids=["roberta", "modernbert"])
+def test_cli_tagging_with_byte_level_bpe_memorises_a_file(family, layout, kw, tmp_path, capsys):
+    """`minift train --task tag` on a random RoBERTa, and ModernBERT, with its byte-level BPE (RoBERTa's from
+    vocab.json + merges.txt), then `minift eval` on the same CoNLL file: every word's tag learnt; `minift
+    predict` on plain text splits it into the same words (no space in any) and tags them alike."""
     from minift.cli import main
     from minift.tokenizer import Tokenizer
-    from test_family_tokenizers import roberta_files
-    d = roberta_files(tmp_path / "model")
+    from test_family_tokenizers import LAYOUTS as TOKENIZERS
+    d = TOKENIZERS[layout](tmp_path / "model")
+    tok = Tokenizer.from_dir(d)
+    dropout = NO_DROPOUT.get(family, dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
     torch.manual_seed(0)
-    cfg = transformers.AutoConfig.for_model("roberta", **{**CASES[0][1], "pad_token_id": Tokenizer.from_dir(d).pad_id},
-                                            hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-                                            vocab_size=Tokenizer.from_dir(d).vocab_size, max_position_embeddings=64)
+    cfg = transformers.AutoConfig.for_model(family, **{**kw, "pad_token_id": tok.pad_id}, **dropout,
+                                            vocab_size=tok.vocab_size, max_position_embeddings=64)
     transformers.AutoModel.from_config(cfg).save_pretrained(d)
     (tmp_path / "train.conll").write_text("\n\n".join("\n".join(f"{w}\t{t}" for w, t in zip(text.split(), tags.split()))
                                                       for text, tags in TAGGED) + "\n", encoding="utf-8")
     fast = ["--precision", "fp32", "--device", "cpu"]
     assert main(["train", "--task", "tag", "--model", str(d), "--train", str(tmp_path / "train.conll"), "--out",
-                 str(tmp_path / "out"), "--max-steps", "150", "--batch-size", "8", "--lr", "3e-3", "--warmup", "0.05",
+                 str(tmp_path / "out"), "--max-steps", "300", "--batch-size", "8", "--lr", "3e-3", "--warmup", "0.05",
                  "--compile", "off", *fast]) == 0
     capsys.readouterr()
     assert main(["eval", "--model", str(tmp_path / "out"), "--data", str(tmp_path / "train.conll"), *fast]) == 0
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["accuracy"] == 1.0 and metrics["f1"] == 1.0, metrics
     saved = json.loads((tmp_path / "out" / "config.json").read_text())
-    assert saved["architectures"] == ["RobertaForTokenClassification"]
+    assert saved["architectures"] == [f"{FAMILIES[family]}ForTokenClassification"]
     assert main(["predict", "--model", str(tmp_path / "out"), "--device", "cpu", *[t for t, _ in TAGGED]]) == 0
     rows = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     for row, (text, tags) in zip(rows, TAGGED):
