@@ -1,9 +1,9 @@
 """Where minift's training step spends its time: torch.profiler over case (b)'s real polarity batches.
 
-    python bench/profile_step.py [--steps 10]
+    python bench/profile_step.py [--steps 10] [--precision auto|fp32|bf16]
 
-Same model, batches and precision as bench.py's case (b) for minift; prints seconds per step and the
-profiler's table of operators by their own time.
+Same model and batches as bench.py's case (b) for minift, in the precision "auto" picks (or the one
+given); prints seconds per step and the profiler's table of operators by their own time.
 """
 import argparse
 import time
@@ -15,10 +15,13 @@ import bench
 
 p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 p.add_argument("--steps", type=int, default=10)
+p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
 args = p.parse_args()
 dev = torch.device("cpu")
 systems, _ = bench.b_systems(dev, with_hf=False)
 ((_, (batches, collate, amp)),) = systems.items()
+amp = {"auto": amp, "fp32": None, "bf16": torch.bfloat16}[args.precision]
+print(f"precision: {'fp32' if amp is None else str(amp).removeprefix('torch.')}")
 step = bench.minift_trainer(None, dev, amp)[0]
 for idx in batches[:5]:  # warm-up
     step(bench.to(collate(idx), dev))
