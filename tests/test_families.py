@@ -82,6 +82,19 @@ def hf_grad(hf, names):  # the gradient of a minift tensor: its Hugging Face par
     return torch.cat([params[n].grad for n in names])
 
 
+def assert_hidden_like_transformers(ours, hf, ids, mask, w, path):
+    """Last hidden states at the real tokens within 1e-5 of AutoModel's, then the gradients of the scalar
+    sum(h * w) and the save-and-reload check (assert_like_transformers)."""
+    m = mask.bool()
+    ref = hf(input_ids=ids, attention_mask=mask).last_hidden_state
+    h, _ = ours(ids, mask)
+    assert rel(h[m], ref[m]) <= 1e-5
+    (ref * w * mask[..., None]).sum().backward()
+    (h * w * mask[..., None]).sum().backward()
+    assert_like_transformers(ours, hf, lambda model: model(input_ids=ids, attention_mask=mask).last_hidden_state[m],
+                             path, transformers.AutoModel)
+
+
 def assert_like_transformers(ours, hf, outputs, d, auto):
     """After both models back-propagated the same loss: every gradient of minift's model within 1e-4 (relative)
     of its Hugging Face tensors' (a tensor the loss does not reach, a pooler, has no gradient on either side).
@@ -113,15 +126,8 @@ def test_hidden_states_and_gradients_match_transformers(family, kw, tmp_path):
     assert ours.config.model_type == family
     pad = ours.config.pad_token_id
     ids, mask = batch(pad, seed=sum(map(ord, family)))
-    m = mask.bool()
     w = torch.randn(T, ours.config.hidden_size, generator=torch.Generator().manual_seed(0))  # a scalar loss to derive
-    ref = hf(input_ids=ids, attention_mask=mask).last_hidden_state
-    h, _ = ours(ids, mask)
-    assert rel(h[m], ref[m]) <= 1e-5
-    (ref * w * mask[..., None]).sum().backward()
-    (h * w * mask[..., None]).sum().backward()
-    assert_like_transformers(ours, hf, lambda model: model(input_ids=ids, attention_mask=mask).last_hidden_state[m],
-                             tmp_path / "ours", transformers.AutoModel)
+    assert_hidden_like_transformers(ours, hf, ids, mask, w, tmp_path / "ours")
     assert torch.equal(Bert.from_pretrained(tmp_path / "ours").embeddings.word.weight, ours.embeddings.word.weight)
 
 
@@ -164,15 +170,7 @@ def test_modernbert_long_context_matches_transformers(sdpa, tmp_path, monkeypatc
     mask = torch.ones_like(ids)
     mask[1, 1337:] = 0
     ids = ids.masked_fill(mask == 0, 0)
-    m = mask.bool()
-    w = torch.randn(2048, 32, generator=g)
-    ref = hf(input_ids=ids, attention_mask=mask).last_hidden_state
-    h, _ = ours(ids, mask)
-    assert rel(h[m], ref[m]) <= 1e-5
-    (ref * w * mask[..., None]).sum().backward()
-    (h * w * mask[..., None]).sum().backward()
-    assert_like_transformers(ours, hf, lambda model: model(input_ids=ids, attention_mask=mask).last_hidden_state[m],
-                             tmp_path / "ours", transformers.AutoModel)
+    assert_hidden_like_transformers(ours, hf, ids, mask, torch.randn(2048, 32, generator=g), tmp_path / "ours")
     pooled = Bert(ours.config, pooler=True)
     pooled.load_state_dict(ours.state_dict(), strict=False)
     with torch.no_grad():
