@@ -258,6 +258,20 @@ NO_DROPOUT = {"distilbert": dict(dropout=0.0, attention_dropout=0.0, seq_classif
               "modernbert": {}}  # ModernBERT's dropouts are 0 by default
 
 
+def random_checkpoint(family, kw, layout, d, auto, **extra):
+    """transformers' auto class on the family's config kw, random, saved in d with a tokenizer of `layout`
+    (test_family_tokenizers.LAYOUTS); dropout off."""
+    from minift.tokenizer import Tokenizer
+    from test_family_tokenizers import LAYOUTS as TOKENIZERS
+    tok = Tokenizer.from_dir(TOKENIZERS[layout](d))
+    dropout = NO_DROPOUT.get(family, dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
+    torch.manual_seed(0)
+    cfg = transformers.AutoConfig.for_model(family, **{**kw, "pad_token_id": tok.pad_id}, **dropout, **extra,
+                                            vocab_size=tok.vocab_size, max_position_embeddings=64)
+    auto.from_config(cfg).save_pretrained(d)
+    return d
+
+
 @pytest.mark.parametrize("family,layout,kw", [
     ("roberta", "roberta-vocab.json", CASES[0][1]), ("xlm-roberta", "xlm-roberta", CASES[1][1]),
     ("distilbert", "distilbert", CASES[5][1]), ("electra", "distilbert", CASES[8][1]),
@@ -267,15 +281,7 @@ def test_cli_fine_tuning_memorises_a_batch(family, layout, kw, tmp_path, capsys)
     import csv
 
     from minift.cli import main
-    from minift.tokenizer import Tokenizer
-    from test_family_tokenizers import LAYOUTS as TOKENIZERS
-    d = TOKENIZERS[layout](tmp_path / "model")
-    tok = Tokenizer.from_dir(d)
-    dropout = NO_DROPOUT.get(family, dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
-    torch.manual_seed(0)
-    cfg = transformers.AutoConfig.for_model(family, **{**kw, "pad_token_id": tok.pad_id}, **dropout,
-                                            vocab_size=tok.vocab_size, max_position_embeddings=64)
-    transformers.AutoModel.from_config(cfg).save_pretrained(d)
+    d = random_checkpoint(family, kw, layout, tmp_path / "model", transformers.AutoModel)
     with open(tmp_path / "train.csv", "w", newline="") as f:
         csv.writer(f).writerows([("text", "label"), *TRAIN_ROWS])
     fast = ["--precision", "fp32", "--device", "cpu"]
@@ -303,15 +309,7 @@ def test_cli_tagging_with_byte_level_bpe_memorises_a_file(family, layout, kw, tm
     vocab.json + merges.txt), then `minift eval` on the same CoNLL file: every word's tag learnt; `minift
     predict` on plain text splits it into the same words (no space in any) and tags them alike."""
     from minift.cli import main
-    from minift.tokenizer import Tokenizer
-    from test_family_tokenizers import LAYOUTS as TOKENIZERS
-    d = TOKENIZERS[layout](tmp_path / "model")
-    tok = Tokenizer.from_dir(d)
-    dropout = NO_DROPOUT.get(family, dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
-    torch.manual_seed(0)
-    cfg = transformers.AutoConfig.for_model(family, **{**kw, "pad_token_id": tok.pad_id}, **dropout,
-                                            vocab_size=tok.vocab_size, max_position_embeddings=64)
-    transformers.AutoModel.from_config(cfg).save_pretrained(d)
+    d = random_checkpoint(family, kw, layout, tmp_path / "model", transformers.AutoModel)
     (tmp_path / "train.conll").write_text("\n\n".join("\n".join(f"{w}\t{t}" for w, t in zip(text.split(), tags.split()))
                                                       for text, tags in TAGGED) + "\n", encoding="utf-8")
     fast = ["--precision", "fp32", "--device", "cpu"]

@@ -21,7 +21,7 @@ from minift.tasks import TaskOptions, get
 from minift.tasks.mlm import BertForMaskedLM, Texts
 from minift.tasks.tag import BertTagger
 from minift.tokenizer import Tokenizer
-from test_families import CASES, IDS, assert_like_transformers, batch, hf_model, rel
+from test_families import CASES, IDS, assert_like_transformers, batch, hf_model, random_checkpoint, rel
 from test_family_tokenizers import LAYOUTS as TOKENIZERS
 
 transformers = pytest.importorskip("transformers")
@@ -140,18 +140,6 @@ SENTENCES = [("the movie was good", "D N V A"), ("a really funny story", "D R A 
              ("the plot was boring and dull", "D N V A C A"), ("we love the film", "N V D N"),
              ("an awful movie", "D A N")]
 FAST = ["--precision", "fp32", "--device", "cpu"]
-NO_DROPOUT = {"distilbert": dict(dropout=0.0, attention_dropout=0.0), "modernbert": {}}
-
-
-def random_checkpoint(family, kw, layout, d, auto, **extra):
-    """transformers' auto class on the family's config kw, random, saved with a tokenizer of `layout`."""
-    tok = Tokenizer.from_dir(TOKENIZERS[layout](d))
-    dropout = NO_DROPOUT.get(family, dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
-    torch.manual_seed(0)
-    cfg = transformers.AutoConfig.for_model(family, **{**kw, "pad_token_id": tok.pad_id}, **dropout, **extra,
-                                            vocab_size=tok.vocab_size, max_position_embeddings=64)
-    auto.from_config(cfg).save_pretrained(d)
-    return d
 
 
 def test_the_length_leaves_roberta_its_reserved_positions():
