@@ -6,6 +6,8 @@
 polarity test set, (d) torch.compile of minift's loss. Prints a Markdown table and writes OUT/bench.json;
 bench/README.md says how to read them. --quick only checks that everything runs.
 """
+if __name__ == "__main__" and not __package__:  # `python bench/x.py`: import bench/ as a package (bench/__init__.py)
+    import sys; sys.path[0] = str(__import__("pathlib").Path(__file__).resolve().parents[1])  # noqa: E702
 import argparse
 import copy
 import datetime

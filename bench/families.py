@@ -12,6 +12,8 @@ is ever in memory (a ModernBERT-base step of both in one process did not fit bes
 machine); repeats alternate between the systems. The table gives the median step time with its min-max, the
 ratio of medians, and each system's largest peak resident memory over its processes.
 """
+if __name__ == "__main__" and not __package__:  # `python bench/x.py`: import bench/ as a package (bench/__init__.py)
+    import sys; sys.path[0] = str(__import__("pathlib").Path(__file__).resolve().parents[1])  # noqa: E702
 import argparse
 import json
 import statistics
@@ -23,8 +25,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import LR, WD, autocast, device_name, low_precision, pname, polarity  # noqa: E402
+from bench.bench import LR, WD, autocast, device_name, low_precision, pname, polarity  # noqa: E402
 from minift.config import BertConfig  # noqa: E402
 from minift.tasks.classify import BertClassifier  # noqa: E402
 from minift.tokenizer import Tokenizer  # noqa: E402

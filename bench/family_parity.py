@@ -3,6 +3,8 @@ family, over the random configurations of tests/test_families.py (encoder, seque
 tests/test_family_heads.py (token and masked-LM heads), and of ModernBERT at long context (test_families.py's
 LONG); the tests assert the bounds, this prints the values. fp32, CPU. Usage: python bench/family_parity.py
 """
+if __name__ == "__main__" and not __package__:  # `python bench/x.py`: import bench/ as a package (bench/__init__.py)
+    import sys; sys.path[0] = str(__import__("pathlib").Path(__file__).resolve().parents[1])  # noqa: E702
 import sys
 import tempfile
 from collections import defaultdict

@@ -1,7 +1,7 @@
 """Why minift's CPU attention and dropout are written out, and where SDPA takes over: the alternatives,
 timed side by side on this machine.
 
-    python bench/kernels.py [--threads N] [--repeats 7]
+    python bench/kernel_choices.py [--threads N] [--repeats 7]
 
 Training (forward + backward): one attention block (MiniLM's 12 heads of 32, batch 32, half the rows
 padded to half length, dropout 0.1), its softmax on bf16 scores (the bf16 kernel against softmax computed
@@ -13,6 +13,8 @@ fp32, and bf16 where the CPU has it natively. Milliseconds, median of the repeat
 between the two sides of a row; min-max in brackets. The table's header names the CPU class:
 minift.model.SDPA_CPU_INFERENCE holds the choice these rows support, per class.
 """
+if __name__ == "__main__" and not __package__:  # `python bench/x.py`: import bench/ as a package (bench/__init__.py)
+    import sys; sys.path[0] = str(__import__("pathlib").Path(__file__).resolve().parents[1])  # noqa: E702
 import argparse
 import statistics
 import time

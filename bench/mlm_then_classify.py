@@ -15,6 +15,8 @@ more of the CPU than a thread does; each run's accuracy does not depend on it be
 
 Writes bench/results/mlm_then_classify.json and prints Markdown tables.
 """
+if __name__ == "__main__" and not __package__:  # `python bench/x.py`: import bench/ as a package (bench/__init__.py)
+    import sys; sys.path[0] = str(__import__("pathlib").Path(__file__).resolve().parents[1])  # noqa: E702
 import argparse
 import json
 import multiprocessing
@@ -29,8 +31,7 @@ import torch
 from minift.predict import evaluate
 from minift.train_loop import train
 
-sys.path.insert(0, str(Path(__file__).parent))
-from modes import DATA, MODEL, ROOT, subset  # noqa: E402  (the same subsets as bench/modes.py)
+from bench.modes import DATA, MODEL, ROOT, subset  # noqa: E402  (the same subsets as bench/modes.py)
 
 
 def timed_train(log_path, *args, **kw) -> float:

@@ -11,6 +11,8 @@ Writes bench/results/modes.json, prints a Markdown table and draws it (needs mat
 modes.png (test accuracy and wall time against training-set size, a line per mode) and modes-curves.png
 (`minift plot` of every mode's run on the largest size, overlaid).
 """
+if __name__ == "__main__" and not __package__:  # `python bench/x.py`: import bench/ as a package (bench/__init__.py)
+    import sys; sys.path[0] = str(__import__("pathlib").Path(__file__).resolve().parents[1])  # noqa: E702
 import argparse
 import csv
 import json

@@ -5,13 +5,15 @@
 Same model and batches as bench.py's case (b) for minift, in the precision "auto" picks (or the one
 given); prints seconds per step and the profiler's table of operators by their own time.
 """
+if __name__ == "__main__" and not __package__:  # `python bench/x.py`: import bench/ as a package (bench/__init__.py)
+    import sys; sys.path[0] = str(__import__("pathlib").Path(__file__).resolve().parents[1])  # noqa: E702
 import argparse
 import time
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-import bench
+from bench import bench
 
 p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 p.add_argument("--steps", type=int, default=10)

@@ -10,6 +10,8 @@ report compares the highest RSS of the last 10% of steps with the highest of the
 
 tests/test_soak.py runs it small (the tiny model, 2,000 steps). Linux only (/proc).
 """
+if __name__ == "__main__" and not __package__:  # `python bench/x.py`: import bench/ as a package (bench/__init__.py)
+    import sys; sys.path[0] = str(__import__("pathlib").Path(__file__).resolve().parents[1])  # noqa: E702
 import argparse
 import csv
 import json

@@ -8,6 +8,8 @@ peak resident memory (the kernel's ru_maxrss) and lines per second.
 
 Peak RSS should not depend on the number of lines.
 """
+if __name__ == "__main__" and not __package__:  # `python bench/x.py`: import bench/ as a package (bench/__init__.py)
+    import sys; sys.path[0] = str(__import__("pathlib").Path(__file__).resolve().parents[1])  # noqa: E702
 import argparse
 import csv
 import json

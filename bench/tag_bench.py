@@ -11,6 +11,8 @@ SDPA attention, autocast, backward, clip, AdamW, linear schedule. minift runs ma
 systems see the same sentences; the comparison is in real (non-padding) tokens per second, the median
 of alternating repeats, with min-max.
 """
+if __name__ == "__main__" and not __package__:  # `python bench/x.py`: import bench/ as a package (bench/__init__.py)
+    import sys; sys.path[0] = str(__import__("pathlib").Path(__file__).resolve().parents[1])  # noqa: E702
 import argparse
 import random
 import statistics

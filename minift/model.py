@@ -34,7 +34,7 @@ ACT = {
 def dropout(x, p: float):
     """Inverted dropout. The keep-mask comes from 16-bit slices of 64-bit random integers: one draw of
     the generator serves four elements, which on CPU makes forward and backward 2-3x faster than
-    F.dropout's bernoulli_ (bench/kernels.py). Each slice keeps 15 random bits (random_() leaves the top
+    F.dropout's bernoulli_ (bench/kernel_choices.py). Each slice keeps 15 random bits (random_() leaves the top
     bit of an int64 at 0), so p is applied in steps of 1/32768."""
     n = x.numel()
     bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_().view(torch.int16)[:n]
@@ -48,7 +48,7 @@ class Dropout(nn.Dropout):
 
 
 # Where SDPA's fused CPU kernel beat the written-out formula in inference (no dropout), by CPU class and
-# dtype (bench/kernels.py, bench/README.md). Training always writes it out on a CPU: SDPA has no fused
+# dtype (bench/kernel_choices.py, bench/README.md). Training always writes it out on a CPU: SDPA has no fused
 # CPU kernel with dropout.
 SDPA_CPU_INFERENCE = {"AMX": (torch.float32, torch.bfloat16)}
 
@@ -89,7 +89,7 @@ def attention(q, k, v, mask, p_drop: float, sdpa: bool | None = None):
         s = torch.baddbmm(bias, q.reshape(B * nh, Tq, hd), k.reshape(B * nh, T, hd).transpose(1, 2),
                           alpha=hd ** -0.5).view(B, nh, Tq, T)
     # Softmax in fp32 even when s is bf16: more exact, at about the bf16 kernel's speed on CPU
-    # (bench/kernels.py: from 0.8x to 2x of it, run to run).
+    # (bench/kernel_choices.py: from 0.8x to 2x of it, run to run).
     probs = torch.softmax(s, dim=-1, dtype=torch.float32).to(v.dtype)
     return (dropout(probs, p_drop) if p_drop > 0 else probs) @ v
 

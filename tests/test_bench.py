@@ -12,8 +12,7 @@ import torch
 
 from conftest import ROOT
 
-sys.path.insert(0, str(ROOT / "bench"))
-import bench  # noqa: E402
+from bench import bench
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
