@@ -1,6 +1,8 @@
 # make demo : set up, fetch MiniLM and the polarity data, fine-tune, evaluate, predict
 # make demo-tag : the same for token tagging: part-of-speech tags of the OANC sample
-# make test : set up (with the test extras) and run the test suite
+# make test : set up (with the test extras at the versions in tests/constraints.txt), run the test suite,
+#             then build the wheel and run every task from it in a clean venv (.ci/wheel-smoke)
+# make test-latest: the same suite against the newest releases of the test extras (in .venv-latest)
 # make bench: the side-by-side benchmarks against transformers
 PY ?= python3
 # The CPU build of PyTorch; override for a GPU machine, e.g. make TORCH=torch demo
@@ -16,8 +18,16 @@ $(VENV)/.run: pyproject.toml
 	$(BIN)/pip install -q --disable-pip-version-check -e .
 	touch $@
 
-$(VENV)/.test: $(VENV)/.run
-	$(BIN)/pip install -q --disable-pip-version-check -e '.[test]'
+# The test extras at the versions CI was last green with: a new release cannot break a clean checkout.
+# `make test-latest` tries the newest; when it passes, refresh the pins (see tests/constraints.txt).
+$(VENV)/.test: $(VENV)/.run tests/constraints.txt
+	$(BIN)/pip install -q --disable-pip-version-check -c tests/constraints.txt -e '.[test]'
+	touch $@
+
+.venv-latest/.test: pyproject.toml
+	test -x .venv-latest/bin/python || $(PY) -m venv .venv-latest
+	.venv-latest/bin/pip install -q --disable-pip-version-check '$(TORCH)'
+	.venv-latest/bin/pip install -q --disable-pip-version-check --upgrade --upgrade-strategy eager -e '.[test]'
 	touch $@
 
 $(MINILM)/model.safetensors: | $(VENV)/.run
@@ -29,7 +39,7 @@ data/polarity/train.csv: | $(VENV)/.run
 data/pos/train.txt: | $(VENV)/.run
 	$(BIN)/minift fetch data pos
 
-.PHONY: demo demo-tag test bench
+.PHONY: demo demo-tag test test-latest bench
 demo: $(MINILM)/model.safetensors data/polarity/train.csv
 	$(BIN)/minift train --model $(MINILM) --train data/polarity/train.csv --eval data/polarity/dev.csv \
 		--out $(RUN) --overwrite
@@ -46,6 +56,11 @@ demo-tag: $(MINILM)/model.safetensors data/pos/train.txt
 
 test: $(VENV)/.test $(MINILM)/model.safetensors data/polarity/train.csv
 	$(BIN)/pytest -q
+	.ci/wheel-smoke $(BIN)/python
+
+test-latest: .venv-latest/.test $(MINILM)/model.safetensors data/polarity/train.csv
+	.venv-latest/bin/pip list --disable-pip-version-check 2>/dev/null | grep -iE '^(torch|transformers|tokenizers|onnxruntime|hypothesis|numpy) '
+	.venv-latest/bin/pytest -q
 
 bench: $(VENV)/.test $(MINILM)/model.safetensors data/polarity/train.csv
 	$(BIN)/python bench/bench.py
