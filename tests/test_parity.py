@@ -8,7 +8,7 @@ of different lengths, so that three rows carry padding and both token types occu
 with dropout off. Compared: the logits, the loss, and after loss.backward() the gradient of every
 parameter, each matched to transformers' by name.
 
-Tolerances, relative to the largest magnitude in the reference tensor, stated once:
+The tolerances, OUTPUTS and GRADIENTS below, are relative to the largest magnitude in the reference tensor.
 """
 import pytest
 import torch
