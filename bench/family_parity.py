@@ -1,4 +1,4 @@
-"""The parity figures of README's family table: the largest relative differences from transformers, per
+"""The parity figures of docs/families.md's table: the largest relative differences from transformers, per
 family, over the random configurations of tests/test_families.py (encoder, sequence head) and
 tests/test_family_heads.py (token and masked-LM heads), and of ModernBERT at long context (test_families.py's
 LONG); the tests assert the bounds, this prints the values. fp32, CPU. Usage: python bench/family_parity.py
