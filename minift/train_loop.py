@@ -41,9 +41,10 @@ from minift.train_step import (make_loss_fn, make_optimizer, make_schedule, pick
 
 # A frozen encoder leaves few, freshly initialised parameters to move: they take larger steps.
 DEFAULT_LR = {"full": 5e-5, "top": 1e-4, "lora": 5e-4, "head": 1e-3}
-# Everything a run writes into --out.
-RUN_FILES = ("config.json", "model.safetensors", "tokenizer.json", "vocab.txt", "tokenizer_config.json",
-             "special_tokens_map.json", "run.json", "metrics.jsonl", "checkpoint.safetensors")
+# Everything a run writes into --out, in the order --overwrite removes them: the checkpoint first (a run
+# killed meanwhile cannot be resumed half-removed), run.json last (until then the directory is known as a run).
+RUN_FILES = ("checkpoint.safetensors", "config.json", "model.safetensors", "tokenizer.json", "vocab.txt",
+             "tokenizer_config.json", "special_tokens_map.json", "metrics.jsonl", "run.json")
 # Metrics where lower is better; for the others higher is better.
 LOWER_IS_BETTER = ("loss", "mse", "perplexity")
 
@@ -138,6 +139,7 @@ class Run:
     batches_per_epoch: int
     # step, epoch, batch (position in the epoch), best (dev metric kept), loss: saved in every checkpoint
     state: dict = field(default_factory=lambda: {"step": 0, "epoch": 0, "batch": 0, "best": None, "tokens": 0})
+    last: list = field(default_factory=list)  # the last step's micro-batches, for loss_is_finite
 
 
 def train(model: str, train: str, out: str, eval: str | None = None, resume: bool = False,
@@ -349,6 +351,7 @@ def one_step(run: Run, group: list[list[int]], stop: list) -> bool:
         b = run.task.batch(run.train_feats, idx[run.rank::run.world], run.tok.pad_id)  # this process's slice
         micro.append({k: v.to(run.device, non_blocking=True) for k, v in b.items()})
     loss, norm, applied = train_step(run.loss_fn, run.opt, run.sched, run.scaler, micro, run.cfg.max_grad_norm)
+    run.last = micro
     stopping = bool(stop)
     if run.world > 1:
         # One all-reduce per step: the global batch's loss for the log, and whether any rank was
@@ -405,7 +408,8 @@ class Progress:
 # ---- phase 3: evaluation and keeping the best ----
 
 def evaluate_and_keep(run: Run, epoch_done: float) -> dict:
-    """Score the dev set (if any), save the model when it is the best so far, append a metrics.jsonl row."""
+    """Score the dev set (if any), save the model when it is the best so far, append a metrics.jsonl row.
+    A model whose numbers are lost is never kept; at the end of the run that fails it (diverged)."""
     cfg, state = run.cfg, run.state
     if run.world > 1:
         dist.barrier()  # every rank has finished the step; only rank 0 evaluates and writes
@@ -414,14 +418,19 @@ def evaluate_and_keep(run: Run, epoch_done: float) -> dict:
     loss = state.get("loss")  # NaN after a skipped step: null in JSON, which has no NaN
     row = {"step": state["step"], "epoch": round(epoch_done, 3),
            "train_loss": loss if loss is not None and math.isfinite(loss) else None}
-    if not_finite(run.net):  # never kept, never checkpointed: the run fails instead
+    if not_finite(run.net):
         diverged(run, f"the weights are no longer finite ({not_finite(run.net)})")
-    better = True
+    last = state["step"] >= run.total_steps
+    # A skipped last step is kept past only if the model's loss on that batch is finite now (a passing fault).
+    better = not (state.get("bad") and not loss_is_finite(run))
+    if not better and last:
+        diverged(run, f"the loss of the model on its last training batch is not finite (its last {state['bad']} "
+                      "step(s) were skipped)")
     if run.dev_feats is not None:
         outputs = run_model(run.net, run.task, run.dev_feats, run.tok.pad_id, 2 * cfg.batch_size, run.device,
                             run.amp_dtype)
         row.update({f"dev_{k}": v for k, v in run.task.score(outputs, run.dev_feats).items()})
-        better = is_better(row[f"dev_{cfg.metric}"], state["best"], cfg.metric in LOWER_IS_BETTER)
+        better = better and is_better(row[f"dev_{cfg.metric}"], state["best"], cfg.metric in LOWER_IS_BETTER)
     if better:
         state["best"] = row.get(f"dev_{cfg.metric}")
         save_model(run)
@@ -429,16 +438,27 @@ def evaluate_and_keep(run: Run, epoch_done: float) -> dict:
     append_line(run.out / "metrics.jsonl", json_line(row))  # whole lines only, even on a full disk
     print("  eval " + " ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()),
           file=run.log)
+    if last and run.dev_feats is not None and state["best"] is None:
+        diverged(run, f"no evaluation gave a finite dev_{cfg.metric}")
     return row
 
 
 def is_better(score, best, lower: bool) -> bool:
-    """A finite score beats no score and a non-finite one; a non-finite score beats nothing but no score."""
-    def finite(x):
-        return isinstance(x, (int, float)) and math.isfinite(x)
-    if not finite(best):
-        return best is None or finite(score)
-    return finite(score) and (score < best if lower else score > best)
+    """Only a finite score is ever better: than none, or than the best so far."""
+    finite = isinstance(score, (int, float)) and math.isfinite(score)
+    return finite and (best is None or (score < best if lower else score > best))
+
+
+def loss_is_finite(run: Run) -> bool:
+    """Whether the model's loss on the last step's micro-batches is finite (forward only, this process;
+    in eval mode, so that no dropout draws from the random state a resumed run must repeat)."""
+    run.net.eval()
+    try:
+        with torch.no_grad(), torch.autocast(run.device.type, dtype=run.amp_dtype or torch.float32,
+                                             enabled=run.amp_dtype is not None):
+            return all(bool(torch.isfinite(run.net(**b)[1])) for b in run.last)
+    finally:
+        run.net.train()
 
 
 # ---- phase 4: checkpointing ----
