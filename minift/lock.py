@@ -10,6 +10,7 @@ may live in another container on a shared volume), and is taken over.
 An existing file is replaced only with --force, and never when the command also reads it.
 """
 import fcntl
+import glob
 import os
 import re
 import socket
@@ -73,6 +74,9 @@ def output_lock(output, force: bool, inputs, log, resumable=False, flag="--outpu
         if output.exists() and not force:
             resume = "--resume-from-output to continue it, " if resumable else ""
             raise MiniftError(f"{flag} {output}: exists. Pass {resume}--force to replace it, or choose another file")
+        for p in where.glob(f".{glob.escape(output.name)}.tmp*"):  # of a killed writer: none is alive now
+            if TEMPORARY.fullmatch(p.name):
+                p.unlink(missing_ok=True)
         yield
 
 
