@@ -167,11 +167,23 @@ def train(model: str, train: str, out: str, eval: str | None = None, resume: boo
             handlers = {s: signal.signal(s, lambda n, f: stop.append(n)) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             return run_epochs(run, stop)
+        except MiniftError:
+            if not resume and run.rank == 0:
+                forget_if_nothing_kept(run.out)
+            raise
         finally:
             for s, h in handlers.items():  # whatever was there before, SIG_IGN included
                 signal.signal(s, h)
             if run.world > 1:
                 leave_process_group(run)
+
+
+def forget_if_nothing_kept(out: Path):
+    """A new run that failed before it kept a model or a checkpoint (a full disk, a divergence) leaves no
+    records behind either, so that the same command can simply be run again."""
+    if not any((out / name).exists() for name in ("model.safetensors", "checkpoint.safetensors")):
+        for name in RUN_FILES:
+            (out / name).unlink(missing_ok=True)
 
 
 def check_inputs_apart(model: Path, out: Path, data: list):
