@@ -68,6 +68,8 @@ def tree(tiny_dir, tmp_path_factory):
     (t / "data" / "short.txt").write_text("".join((t / "data" / "in.txt").read_text().splitlines(True)[:2]))
     (t / "data" / "in.jsonl").write_text("".join(json.dumps({"text": s}) + "\n" for s in ["a b", "c d"]))
     (t / "data" / "tags.conll").write_text("The DT\nmovie NN\nwas VBD\ngood JJ\n\nA DT\nplot NN\nis VBZ\ndull JJ\n")
+    (t / "nan-run").mkdir()  # as a run of an older minift may have left it
+    (t / "nan-run" / "metrics.jsonl").write_text('{"step": 1, "train_loss": 1.5}\n{"step": 2, "dev_loss": NaN}\n')
     (t / "outs").mkdir()
     assert run_cli(["train", "--task", "tag", "--model", t / "model", "--train", t / "data" / "tags.conll",
                     "--out", t / "tagger", *TRAIN])[0] == 0  # its predictions of a .conll are written whole
@@ -169,6 +171,8 @@ CASES = {
     "plot-output-is-a-directory": (lambda t, n: ["plot", t / "run", "--output", t / "outs"], "is a directory"),
     "plot-output-dir-missing": (lambda t, n: ["plot", t / "run", "--output", t / "nowhere" / "c.png"],
                                 "does not exist"),
+    "plot-a-non-finite-metric": (lambda t, n: ["plot", t / "nan-run", "--output", n.parent / "c.png"],
+                                 "metrics.jsonl, line 2: NaN"),
     "plot-output-read-only": (lambda t, n: ["plot", t / "run", "--output", t / "ro" / "c.png"], "--output"),
     "tag-output-exists": (lambda t, n: tag_(t, t / "outs" / "pred.jsonl"), "--output"),
     "tag-output-is-input": (lambda t, n: tag_(t, t / "data" / "tags.conll", "--force"), "which this command reads"),
@@ -251,6 +255,25 @@ def test_force_replaces_and_lets_go(tree, tmp_path):
     assert run_cli(["plot", tree / "run", "--output", png, "--force"])[0] == 0
     assert png.read_bytes().startswith(b"\x89PNG\r\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.png", "e.npy", "pred.jsonl", "tags.jsonl"]
+
+
+def test_an_interrupted_forced_run_leaves_the_old_file(tree, tmp_path, monkeypatch):
+    """Ctrl-C in the middle of a --force run: the old file is as it was, and no temporary file is left."""
+    out = tmp_path / "pred.jsonl"
+    out.write_text("an old file\n")
+    real = os.write
+
+    def write(fd, data):
+        if ".tmp" in os.readlink(f"/proc/self/fd/{fd}"):
+            real(fd, bytes(data[:len(data) // 2]))
+            raise KeyboardInterrupt
+        return real(fd, data)
+    monkeypatch.setattr(os, "write", write)
+    rc, _, err = run_cli(predict_(tree, out, "--force"))
+    monkeypatch.undo()
+    assert rc == 130 and "interrupted" in err, err
+    assert out.read_text() == "an old file\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["pred.jsonl"]  # no temporary file, no lock file
 
 
 def test_resume_of_a_run_named_another_way(tree, tmp_path):
