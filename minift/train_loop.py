@@ -303,6 +303,7 @@ def check_same_settings(out: Path, cfg: RunConfig):
     except (OSError, ValueError) as e:
         raise MiniftError(f"--resume: {out / 'run.json'}, the record of the run's settings, cannot be read "
                           f"({e}); start a new run instead") from None
+
     def same(k, was, now):  # a path is the same file however it is written (relative, absolute, a trailing /)
         if k in ("model", "train", "out", "eval") and isinstance(was, str) and isinstance(now, str):
             return os.path.realpath(was) == os.path.realpath(now)
