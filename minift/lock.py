@@ -64,7 +64,8 @@ def output_lock(output, force: bool, inputs, log, resumable=False, flag="--outpu
     if output.is_dir():
         raise MiniftError(f"{flag} {output}: is a directory; give a file name")
     if not where.is_dir():
-        raise MiniftError(f"{flag} {output}: the directory {where} does not exist; create it first")
+        raise MiniftError(f"{flag} {output}: {where} is not a directory" if where.exists() else
+                          f"{flag} {output}: the directory {where} does not exist; create it first")
     for source in inputs:
         if source is not None and reads(Path(source), output):
             raise MiniftError(f"{flag} {output}: is {'inside ' if Path(source).is_dir() else ''}{source}, which this "

@@ -163,6 +163,9 @@ CASES = {
     "embed-output-is-a-directory": (lambda t, n: embed_(t, t / "outs", "--force"), "is a directory"),
     "predict-output-dir-missing": (lambda t, n: predict_(t, t / "nowhere" / "p.jsonl"), "does not exist"),
     "embed-npy-dir-missing": (lambda t, n: embed_(t, t / "nowhere" / "e.npy"), "does not exist"),
+    "predict-output-under-a-file": (lambda t, n: predict_(t, t / "outs" / "notes.txt" / "p.jsonl"),
+                                    "notes.txt is not a directory"),
+    "train-out-under-a-file": (lambda t, n: train_(t, t / "outs" / "notes.txt" / "run"), "--out"),
     "predict-output-read-only": (lambda t, n: predict_(t, t / "ro" / "p.jsonl"), "--output"),
     "embed-npy-read-only": (lambda t, n: embed_(t, t / "ro" / "e.npy"), "--output"),
     "plot-output-exists": (lambda t, n: ["plot", t / "run", "--output", t / "outs" / "curves.png"], "--output"),
@@ -292,6 +295,20 @@ def test_an_interrupted_forced_run_leaves_the_old_file(tree, tmp_path, monkeypat
     assert rc == 130 and "interrupted" in err, err
     assert out.read_text() == "an old file\n"
     assert [p.name for p in tmp_path.iterdir()] == ["pred.jsonl"]  # no temporary file, no lock file
+
+
+def test_overwrite_replaces_only_the_runs_files(tree, tmp_path):
+    out = tmp_path / "run"
+    assert run_cli(train_(tree, out))[0] == 0
+    (out / "notes.txt").write_text("the user's")
+    (out / "data.csv").write_bytes((tree / "data" / "train.csv").read_bytes())
+    rc, _, err = run_cli(["train", "--model", tree / "model", "--train", out / "data.csv", "--out", out,
+                          "--overwrite", "--seed", "1", *TRAIN])
+    assert rc == 0, err
+    assert (out / "notes.txt").read_text() == "the user's"
+    assert json.loads((out / "run.json").read_text())["seed"] == 1
+    assert sorted(p.name for p in out.iterdir() if not p.name.endswith((".json", ".txt", ".safetensors"))) == \
+        ["data.csv", "metrics.jsonl"]  # no lock, no temporary file
 
 
 def test_resume_of_a_run_named_another_way(tree, tmp_path):
