@@ -8,6 +8,7 @@ hf_names() are the whole translation.
 """
 import glob
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -248,9 +249,15 @@ def atomic_write(target: Path, write, size: int | None = None):
 
 def append_line(file: Path, lines: str):
     """Append lines whole or not at all: after a failed or interrupted write (a full disk, Ctrl-C) the file
-    is cut back to where it was, so it never ends in part of a line."""
+    is cut back to where it was, so it never ends in part of a line, and a file the write created is removed."""
     data = lines.encode("utf-8")
-    fd = os.open(file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        try:
+            fd, created = os.open(file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o644), True
+        except FileExistsError:
+            fd, created = os.open(file, os.O_WRONLY | os.O_APPEND), False
+    except OSError as e:
+        raise MiniftError(write_error(file, e, len(data))) from None
     try:
         start = os.fstat(fd).st_size
         try:
@@ -259,11 +266,36 @@ def append_line(file: Path, lines: str):
                 rest = rest[os.write(fd, rest):]
         except BaseException as e:
             os.ftruncate(fd, start)
+            if created:  # no empty file left behind to block the next run
+                os.unlink(file)
             if isinstance(e, OSError):
                 raise MiniftError(write_error(file, e, len(data))) from None
             raise
     finally:
         os.close(fd)
+
+
+def json_line(record: dict) -> str:
+    """One line of JSON Lines, valid JSON whatever the numbers: JSON has no NaN or infinity, so a
+    non-finite number is written as null and the record's "non_finite" field names where."""
+    try:
+        return json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n"
+    except ValueError:
+        where = []
+
+        def clean(x, at):
+            if isinstance(x, float) and not math.isfinite(x):
+                where.append(at)
+                return None
+            if isinstance(x, dict):
+                return {k: clean(v, f"{at}.{k}" if at else str(k)) for k, v in x.items()}
+            if isinstance(x, (list, tuple)):
+                return [clean(v, f"{at}[{i}]") for i, v in enumerate(x)]
+            return x
+        record = clean(record, "")
+        record["non_finite"] = f"NaN or infinity (not JSON) written as null: {', '.join(where[:5])}" + (
+            f" and {len(where) - 5} more" if len(where) > 5 else "")
+        return json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n"
 
 
 def write_error(file: Path, e: Exception, size: int | None) -> str:

@@ -67,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--output", help=".npy (float32 [N, H]; an empty text's row is NaN) or .jsonl, written as they "
                                     "are done; default: JSON lines on stdout")
     add_resume(e)
+    add_force(e)
     e.add_argument("--max-length", type=int, default=256, help="tokens per text (256, as sentence-transformers "
                                                                 "uses for all-MiniLM-L6-v2)")
     e.add_argument("--batch-size", type=int, default=64)
@@ -97,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
             q.add_argument("--output", help="write JSON lines here, as they are done, instead of to stdout (qa: a "
                                             ".json name gets the official SQuAD evaluation's {id: answer})")
             add_resume(q)
+            add_force(q)
         else:
             q.add_argument("--data", required=True, help="labelled .csv/.tsv/.jsonl file (qa: SQuAD .json or .jsonl)")
         add_fields(q, TaskOptions)
@@ -110,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("plot", help="training curves of one or more runs (needs matplotlib: the plot extra)")
     g.add_argument("runs", nargs="+", metavar="RUN", help="run directories (the --out of train); several are overlaid")
     g.add_argument("--output", default="curves.png", help="PNG file to write (default curves.png)")
+    add_force(g)
     return p
 
 
@@ -132,6 +135,11 @@ def add_resume(parser):
     parser.add_argument("--resume-from-output", action="store_true",
                         help="--output holds the lines of an interrupted run: keep its complete lines and continue "
                              "with the input record after them")
+
+
+def add_force(parser):
+    parser.add_argument("--force", action="store_true", help="replace an existing --output (when the new one is "
+                        "whole; never a file the command reads)")
 
 
 def add_quantize(parser):
@@ -196,7 +204,8 @@ def answer_first(text: str, result: dict) -> dict:
 
 def write_lines(rows, output):
     """JSON lines to stdout, or to a file written whole under a temporary name, then renamed."""
-    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    from minift.checkpoint import json_line
+    text = "".join(json_line(r) for r in rows)
     if output is None:
         sys.stdout.write(text)
         return
@@ -214,6 +223,18 @@ def write_document(doc, output):
 
 
 def run(args):
+    """The command, holding its --output (checked before any work) for its whole life."""
+    from minift.lock import output_lock
+    output = getattr(args, "output", None)
+    if getattr(args, "force", False) and getattr(args, "resume_from_output", False):
+        raise MiniftError("--force replaces --output, --resume-from-output continues it: give one of them")
+    inputs = [getattr(args, "input", None), getattr(args, "model", None), *getattr(args, "runs", [])]
+    with output_lock(output, getattr(args, "force", False) or getattr(args, "resume_from_output", False), inputs,
+                     sys.stderr, resumable=hasattr(args, "resume_from_output")):
+        command(args)
+
+
+def command(args):
     if args.command == "fetch":
         from minift.fetch import fetch_data, fetch_weights
         fetch = fetch_weights if args.kind == "weights" else fetch_data
@@ -234,13 +255,14 @@ def run(args):
             stream_npy(lambda: records_of(args, args.text_column), vectors, model.config.hidden_size, args.output)
         else:
             stream(records_of(args, args.text_column), as_json, args.output, args.resume_from_output,
-                   args.input or "the texts")
+                   args.input or "the texts", force=args.force)
     elif args.command == "train":
         from minift.train_loop import train
         opts = {k: v for k, v in vars(args).items() if k != "command"}
         row = train(**opts)
         if row:  # under torchrun only rank 0 reports
-            print(json.dumps(row))
+            from minift.checkpoint import json_line
+            sys.stdout.write(json_line(row))
     elif args.command == "predict":
         from minift.predict import load, predict_examples, task_options
         model, tok, task = load(args.model, args.device, args.allow_pickle)
@@ -269,7 +291,7 @@ def run(args):
                                         args.max_length, args.precision, args.quantize)
                 return [answer_first(t, r) for t, r in zip(texts, rows)]
             stream(records_of(args, opts.text_column, opts.text_pair_column), answer, args.output,
-                   args.resume_from_output, args.input or "the texts")
+                   args.resume_from_output, args.input or "the texts", force=args.force)
     elif args.command == "plot":
         from minift.plot import plot
         print(f"wrote {plot(args.runs, args.output)}", file=sys.stderr)
@@ -280,7 +302,8 @@ def run(args):
                           quantize=args.quantize, **options_of(args))
         if result.get("skipped_empty"):
             print(f"{args.data}: skipped {result['skipped_empty']} row(s) with empty text", file=sys.stderr)
-        print(json.dumps(result))
+        from minift.checkpoint import json_line
+        sys.stdout.write(json_line(result))
 
 
 def options_of(args) -> dict:

@@ -128,12 +128,19 @@ def _read_members(pkg: Package, source, command: str) -> dict[str, bytes]:
 
 def _install(target: Path, files: dict[str, bytes]):
     # Write beside the target, then rename: an interrupted fetch leaves no half-written directory.
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    except OSError as e:  # read-only, no permission, a full disk
+        raise MiniftError(f"--dir {target.parent}: cannot write there ({e.strerror})") from None
     try:
         tmp.chmod(0o755)  # mkdtemp makes it private; the result should read like any other directory
         for name, data in files.items():
-            (tmp / name).write_bytes(data)
+            try:
+                (tmp / name).write_bytes(data)
+            except OSError as e:
+                from minift.checkpoint import write_error  # torch comes with it: only on this path
+                raise MiniftError(write_error(target.parent / name, e, sum(map(len, files.values())))) from None
         tmp.rename(target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -27,7 +27,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from minift import tasks
-from minift.checkpoint import append_line, atomic_write, load_train_state, save_train_state
+from minift.checkpoint import append_line, atomic_write, json_line, load_train_state, save_train_state
 from minift.config import BertConfig, bert_architecture
 from minift.data import length_batches
 from minift.errors import MiniftError
@@ -41,9 +41,10 @@ from minift.train_step import (make_loss_fn, make_optimizer, make_schedule, pick
 
 # A frozen encoder leaves few, freshly initialised parameters to move: they take larger steps.
 DEFAULT_LR = {"full": 5e-5, "top": 1e-4, "lora": 5e-4, "head": 1e-3}
-# Everything a run writes into --out.
-RUN_FILES = ("config.json", "model.safetensors", "tokenizer.json", "vocab.txt", "tokenizer_config.json",
-             "special_tokens_map.json", "run.json", "metrics.jsonl", "checkpoint.safetensors")
+# Everything a run writes into --out, in the order --overwrite removes them: the checkpoint first (a run
+# killed meanwhile cannot be resumed half-removed), run.json last (until then the directory is known as a run).
+RUN_FILES = ("checkpoint.safetensors", "config.json", "model.safetensors", "tokenizer.json", "vocab.txt",
+             "tokenizer_config.json", "special_tokens_map.json", "metrics.jsonl", "run.json")
 # Metrics where lower is better; for the others higher is better.
 LOWER_IS_BETTER = ("loss", "mse", "perplexity")
 
@@ -76,6 +77,13 @@ class RunConfig(tasks.TaskOptions):
     seed: int = 0
 
     def check(self):
+        for f in dataclasses.fields(self):  # nan and inf pass every comparison below unnoticed
+            v = getattr(self, f.name)
+            if isinstance(v, float) and not math.isfinite(v):
+                raise MiniftError(f"--{f.name.replace('_', '-')} {v}: expected a finite number")
+        if not 0 <= self.seed < 2 ** 63:
+            raise MiniftError(f"--seed {self.seed}: expected a whole number from 0 to 2**63 - 1")
+
         def positive(name, integer=True):
             v = getattr(self, name)
             if v is not None and (v <= 0 or (integer and int(v) != v)):
@@ -95,6 +103,7 @@ class RunConfig(tasks.TaskOptions):
             raise MiniftError(f"--weight-decay {self.weight_decay}: expected a number >= 0")
         task = tasks.get(self.task)
         tasks.check_options(task, self)
+        pick_device(self.device)  # an unknown device is refused before any data is read
         if self.compile not in ("auto", "on", "off"):
             raise MiniftError(f"--compile {self.compile!r}: expected auto, on or off")
         kind, _ = parse_mode(self.mode)
@@ -130,6 +139,7 @@ class Run:
     batches_per_epoch: int
     # step, epoch, batch (position in the epoch), best (dev metric kept), loss: saved in every checkpoint
     state: dict = field(default_factory=lambda: {"step": 0, "epoch": 0, "batch": 0, "best": None, "tokens": 0})
+    last: list = field(default_factory=list)  # the last step's micro-batches, for loss_is_finite
 
 
 def train(model: str, train: str, out: str, eval: str | None = None, resume: bool = False,
@@ -140,6 +150,7 @@ def train(model: str, train: str, out: str, eval: str | None = None, resume: boo
     pytorch_model.bin load (through torch.load(weights_only=True)); the output is safetensors either way.
     Returns the last evaluation's row of metrics.jsonl (dev metrics when `eval` is given)."""
     log = sys.stderr if log is None else log  # looked up per call: sys.stderr may have been replaced since import
+    check_inputs_apart(Path(model), Path(out), [train, eval])
     # One run per directory, checked before anything else; under torchrun rank 0 holds it for all.
     with run_lock(out, log) if os.environ.get("RANK", "0") == "0" else contextlib.nullcontext():
         try:
@@ -156,6 +167,10 @@ def train(model: str, train: str, out: str, eval: str | None = None, resume: boo
             handlers = {s: signal.signal(s, lambda n, f: stop.append(n)) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             return run_epochs(run, stop)
+        except MiniftError:
+            if not resume and run.rank == 0:
+                forget_if_nothing_kept(run.out)
+            raise
         finally:
             for s, h in handlers.items():  # whatever was there before, SIG_IGN included
                 signal.signal(s, h)
@@ -163,8 +178,31 @@ def train(model: str, train: str, out: str, eval: str | None = None, resume: boo
                 leave_process_group(run)
 
 
+def forget_if_nothing_kept(out: Path):
+    """A new run that failed before it kept a model or a checkpoint (a full disk, a divergence) leaves no
+    records behind either, so that the same command can simply be run again."""
+    if not any((out / name).exists() for name in ("model.safetensors", "checkpoint.safetensors")):
+        for name in RUN_FILES:
+            (out / name).unlink(missing_ok=True)
+
+
+def check_inputs_apart(model: Path, out: Path, data: list):
+    """Refuse an --out that would write over what the run reads: the model directory (--out equal to it,
+    inside it or holding it) or a data file that is one of the files a run writes."""
+    m, o = model.resolve(), out.resolve()
+    if m == o or m in o.parents or o in m.parents:
+        how = "is" if m == o else "is inside" if m in o.parents else "contains"
+        raise MiniftError(f"--out {out}: {how} the --model directory {model}, which the run reads and would "
+                          "overwrite; choose an --out apart from it")
+    for f in data:
+        if f is not None and Path(f).resolve().parent == o and Path(f).name in RUN_FILES:
+            raise MiniftError(f"--out {out}: the run writes {Path(f).name} there, which is the data file {f}; "
+                              "move the data or choose another --out")
+
+
 def check_out_dir(out: Path, resume: bool, overwrite: bool):
-    """Refuse to mix two runs in one directory: a previous run is only replaced or continued on request."""
+    """Refuse to mix two runs in one directory: a previous run is only replaced or continued on request,
+    and --overwrite replaces only a run of minift's (one with run.json), never another program's files."""
     if resume:
         if not (out / "checkpoint.safetensors").exists():
             raise MiniftError(f"--resume: {out} holds no checkpoint.safetensors to resume from")
@@ -174,6 +212,10 @@ def check_out_dir(out: Path, resume: bool, overwrite: bool):
     if out.exists() and any(p.name != LOCK for p in out.iterdir()) and not overwrite:
         raise MiniftError(f"--out {out}: the directory is not empty (it may hold another run). "
                           "Pass --resume to continue the run there, --overwrite to replace it, or choose another --out.")
+    theirs = [name for name in RUN_FILES if (out / name).exists()]
+    if overwrite and theirs and not (out / "run.json").exists():
+        raise MiniftError(f"--overwrite: {out} holds {', '.join(theirs)} but no run.json, so no run of minift's; "
+                          "--overwrite replaces only a run minift wrote. Choose another --out.")
 
 
 # ---- phase 1: set-up ----
@@ -261,7 +303,12 @@ def check_same_settings(out: Path, cfg: RunConfig):
     except (OSError, ValueError) as e:
         raise MiniftError(f"--resume: {out / 'run.json'}, the record of the run's settings, cannot be read "
                           f"({e}); start a new run instead") from None
-    changed = {k: (saved.get(k), v) for k, v in dataclasses.asdict(cfg).items() if saved.get(k) != v}
+
+    def same(k, was, now):  # a path is the same file however it is written (relative, absolute, a trailing /)
+        if k in ("model", "train", "out", "eval") and isinstance(was, str) and isinstance(now, str):
+            return os.path.realpath(was) == os.path.realpath(now)
+        return was == now
+    changed = {k: (saved.get(k), v) for k, v in dataclasses.asdict(cfg).items() if not same(k, saved.get(k), v)}
     if changed:
         raise MiniftError(f"--resume: these settings differ from the run in {out} (was, now): {changed}; "
                           "resume with the same settings, or start a new run")
@@ -317,6 +364,7 @@ def one_step(run: Run, group: list[list[int]], stop: list) -> bool:
         b = run.task.batch(run.train_feats, idx[run.rank::run.world], run.tok.pad_id)  # this process's slice
         micro.append({k: v.to(run.device, non_blocking=True) for k, v in b.items()})
     loss, norm, applied = train_step(run.loss_fn, run.opt, run.sched, run.scaler, micro, run.cfg.max_grad_norm)
+    run.last = micro
     stopping = bool(stop)
     if run.world > 1:
         # One all-reduce per step: the global batch's loss for the log, and whether any rank was
@@ -328,12 +376,26 @@ def one_step(run: Run, group: list[list[int]], stop: list) -> bool:
     state["batch"] += len(group)
     state["step"] += 1
     state["bad"] = 0 if applied else state.get("bad", 0) + 1
+    if not applied and not_finite(run.net):  # the step before went wrong: its update made the weights so
+        diverged(run, f"the weights are no longer finite ({not_finite(run.net)}); the loss is {float(loss):.4g}")
     if state["bad"] >= 5:
-        raise MiniftError(f"training stopped at step {state['step']}: the loss or gradients were not finite "
-                          f"for {state['bad']} steps in a row (last loss {float(loss):.4g}). Lower --lr, or use "
-                          f"--precision fp32/bf16. The last good model is in {run.out}.")
+        diverged(run, f"the loss or gradients were not finite for {state['bad']} steps in a row "
+                      f"(last loss {float(loss):.4g})")
     state["loss"] = float(loss)
     return stopping
+
+
+def diverged(run: Run, why: str):
+    """Stop a run whose numbers are lost, saying where the last model that was still good is, if anywhere."""
+    kept = (run.out / "model.safetensors").exists() and (run.out / "run.json").exists()
+    raise MiniftError(f"training stopped at step {run.state['step']}: {why}. Lower --lr, or use --precision "
+                      "fp32/bf16. " + (f"The last good model is in {run.out}." if kept else
+                                       f"No model was kept in {run.out}: none was good yet."))
+
+
+def not_finite(net) -> str | None:
+    """The name of the first parameter holding NaN or infinity, or None."""
+    return next((name for name, p in net.named_parameters() if not torch.isfinite(p).all()), None)
 
 
 class Progress:
@@ -359,7 +421,8 @@ class Progress:
 # ---- phase 3: evaluation and keeping the best ----
 
 def evaluate_and_keep(run: Run, epoch_done: float) -> dict:
-    """Score the dev set (if any), save the model when it is the best so far, append a metrics.jsonl row."""
+    """Score the dev set (if any), save the model when it is the best so far, append a metrics.jsonl row.
+    A model whose numbers are lost is never kept; at the end of the run that fails it (diverged)."""
     cfg, state = run.cfg, run.state
     if run.world > 1:
         dist.barrier()  # every rank has finished the step; only rank 0 evaluates and writes
@@ -368,22 +431,47 @@ def evaluate_and_keep(run: Run, epoch_done: float) -> dict:
     loss = state.get("loss")  # NaN after a skipped step: null in JSON, which has no NaN
     row = {"step": state["step"], "epoch": round(epoch_done, 3),
            "train_loss": loss if loss is not None and math.isfinite(loss) else None}
-    better = True
+    if not_finite(run.net):
+        diverged(run, f"the weights are no longer finite ({not_finite(run.net)})")
+    last = state["step"] >= run.total_steps
+    # A skipped last step is kept past only if the model's loss on that batch is finite now (a passing fault).
+    better = not (state.get("bad") and not loss_is_finite(run))
+    if not better and last:
+        diverged(run, f"the loss of the model on its last training batch is not finite (its last {state['bad']} "
+                      "step(s) were skipped)")
     if run.dev_feats is not None:
         outputs = run_model(run.net, run.task, run.dev_feats, run.tok.pad_id, 2 * cfg.batch_size, run.device,
                             run.amp_dtype)
         row.update({f"dev_{k}": v for k, v in run.task.score(outputs, run.dev_feats).items()})
-        score = row[f"dev_{cfg.metric}"]
-        lower = cfg.metric in LOWER_IS_BETTER
-        better = state["best"] is None or (score < state["best"] if lower else score > state["best"])
+        better = better and is_better(row[f"dev_{cfg.metric}"], state["best"], cfg.metric in LOWER_IS_BETTER)
     if better:
         state["best"] = row.get(f"dev_{cfg.metric}")
         save_model(run)
     row["kept"] = better
-    append_line(run.out / "metrics.jsonl", json.dumps(row) + "\n")  # whole lines only, even on a full disk
+    append_line(run.out / "metrics.jsonl", json_line(row))  # whole lines only, even on a full disk
     print("  eval " + " ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()),
           file=run.log)
+    if last and run.dev_feats is not None and state["best"] is None:
+        diverged(run, f"no evaluation gave a finite dev_{cfg.metric}")
     return row
+
+
+def is_better(score, best, lower: bool) -> bool:
+    """Only a finite score is ever better: than none, or than the best so far."""
+    finite = isinstance(score, (int, float)) and math.isfinite(score)
+    return finite and (best is None or (score < best if lower else score > best))
+
+
+def loss_is_finite(run: Run) -> bool:
+    """Whether the model's loss on the last step's micro-batches is finite (forward only, this process;
+    in eval mode, so that no dropout draws from the random state a resumed run must repeat)."""
+    run.net.eval()
+    try:
+        with torch.no_grad(), torch.autocast(run.device.type, dtype=run.amp_dtype or torch.float32,
+                                             enabled=run.amp_dtype is not None):
+            return all(bool(torch.isfinite(run.net(**b)[1])) for b in run.last)
+    finally:
+        run.net.train()
 
 
 # ---- phase 4: checkpointing ----

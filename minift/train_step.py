@@ -12,8 +12,14 @@ from minift.errors import MiniftError
 def pick_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
+    kind, _, index = device.partition(":")
+    if kind not in ("cpu", "cuda") or (index and (kind == "cpu" or not index.isdigit())):
+        raise MiniftError(f"--device {device!r}: expected auto, cpu, cuda or cuda:N")
+    if kind == "cuda" and not torch.cuda.is_available():
         raise MiniftError(f"--device {device}: no CUDA GPU is visible to PyTorch")
+    if index and int(index) >= torch.cuda.device_count():
+        raise MiniftError(f"--device {device}: PyTorch sees {torch.cuda.device_count()} CUDA GPU(s), "
+                          f"numbered from 0")
     return torch.device(device)
 
 
