@@ -57,10 +57,11 @@ def load(model_dir, device="auto", allow_pickle=False):
     """A fine-tuned model directory -> (model on device, tokenizer, task)."""
     if not Path(model_dir).is_dir():
         raise MiniftError(f"{model_dir}: no such model directory")
-    BertConfig.from_json(Path(model_dir) / "config.json")  # a clear error for a missing or invalid config first
+    config = BertConfig.from_json(Path(model_dir) / "config.json")  # a clear error for an invalid config first
     task = tasks.of_saved(json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8")), model_dir)
-    model = task.model.from_pretrained(model_dir, allow_pickle=allow_pickle)
     tokenizer = Tokenizer.from_dir(model_dir)
+    config.check_tokenizer(tokenizer, model_dir)
+    model = task.model.from_pretrained(model_dir, allow_pickle=allow_pickle)
     return model.to(pick_device(device)), tokenizer, task
 
 
@@ -131,11 +132,15 @@ def embed(model_dir, texts: list[str], batch_size: int = 64, max_length: int = 2
 def load_encoder(model_dir, device="auto", allow_pickle=False, quantize: str | None = None):
     """A model directory's encoder (any head left out) in eval mode on device, and its tokenizer."""
     from minift.model import Bert
+    if not Path(model_dir).is_dir():
+        raise MiniftError(f"{model_dir}: no such model directory")
+    tokenizer = Tokenizer.from_dir(model_dir)
+    BertConfig.from_json(Path(model_dir) / "config.json").check_tokenizer(tokenizer, model_dir)
     model = Bert.from_pretrained(model_dir, allow_pickle=allow_pickle).to(pick_device(device)).eval()
     if quantize:
         from minift.quantize import quantize as quantize_model
         quantize_model(model, quantize)
-    return model, Tokenizer.from_dir(model_dir)
+    return model, tokenizer
 
 
 @torch.inference_mode()

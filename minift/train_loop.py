@@ -236,6 +236,8 @@ def load_model(task, cfg: RunConfig, id2label, allow_pickle: bool):
     if not Path(cfg.model).is_dir():
         raise MiniftError(f"{cfg.model}: no such model directory")
     before = BertConfig.from_json(Path(cfg.model) / "config.json")
+    tok = Tokenizer.from_dir(cfg.model)
+    before.check_tokenizer(tok, cfg.model)
     arch = bert_architecture(json.loads((Path(cfg.model) / "config.json").read_text()))
     new_head = (arch != task.model.ARCHITECTURE or (id2label is not None and before.id2label not in (None, id2label))
                 or before.problem_type not in (None, task.problem_type))
@@ -246,7 +248,6 @@ def load_model(task, cfg: RunConfig, id2label, allow_pickle: bool):
     if new_head and arch == "BertModel" and getattr(task.model, "PRETRAINED_HEAD", False):
         note = (f"{cfg.model}: a bare encoder (architecture BertModel) without the pretrained head of "
                 f"{task.model.ARCHITECTURE}; starting a new one for {cfg.task}")
-    tok = Tokenizer.from_dir(cfg.model)
     cfg.max_length = cfg.max_length or min(task.default_max_length, net.config.max_tokens)
     if cfg.max_length > net.config.max_tokens:
         raise MiniftError(f"--max-length {cfg.max_length}: the model has only "
