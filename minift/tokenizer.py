@@ -33,6 +33,25 @@ def _read_json(path):
         raise MiniftError(f"{path}: expected a readable JSON file ({e})") from None
 
 
+# tokenizer_config.json's settings that minift reads -> (the types they may have, what to say otherwise)
+CONFIG_TYPES = {"do_lower_case": ((bool,), "true or false"), "tokenize_chinese_chars": ((bool,), "true or false"),
+                "strip_accents": ((bool, type(None)), "true, false or null"),
+                "add_prefix_space": ((bool,), "true or false"), "trim_offsets": ((bool,), "true or false"),
+                "model_max_length": ((int,), "a whole number >= 1")}
+
+
+def _read_config(path) -> dict:
+    """tokenizer_config.json, each setting minift reads checked for its type."""
+    config = _read_json(path)
+    if not isinstance(config, dict):
+        raise MiniftError(f"{path}: expected a JSON object of tokenizer settings")
+    for key, (types, expected) in CONFIG_TYPES.items():
+        v = config.get(key)
+        if key in config and (not isinstance(v, types) or key == "model_max_length" and (isinstance(v, bool) or v < 1)):
+            raise MiniftError(f"{path}: {key}={v!r}: expected {expected}")
+    return config
+
+
 def _check_list(name, value):
     # a str is iterable too and would silently be tokenised one character per text
     if isinstance(value, str) or not isinstance(value, (list, tuple)):
@@ -78,7 +97,8 @@ def _longest_first(a, b, budget):
 
 def _bert_wordpiece(tok, config: dict, source):
     """BertTokenizerFast's settings on a WordPiece tokenizer, in place."""
-    missing = [t for t in SPECIAL_TOKENS if tok.token_to_id(t) is None]
+    vocab = tok.get_vocab(with_added_tokens=False)  # the model's own: it falls back to [UNK] there
+    missing = [t for t in SPECIAL_TOKENS if tok.token_to_id(t) is None or t == tok.model.unk_token and t not in vocab]
     if missing:
         raise MiniftError(f"{source}: expected a BERT vocabulary with {', '.join(missing)} in it")
     # encode adds [CLS]/[SEP] itself, but a saved tokenizer.json should carry the template like any other
@@ -169,7 +189,7 @@ class Tokenizer:
         json_file, vocab_file, config_file, bpe_vocab, bpe_merges = (path / n for n in names)
         if not path.is_dir():
             raise MiniftError(f"{path}: tokenizer directory not found (expected tokenizer.json or vocab.txt in it)")
-        config = _read_json(config_file) if config_file.is_file() else {}
+        config = _read_config(config_file) if config_file.is_file() else {}
         if json_file.is_file():
             try:
                 tok = tokenizers.Tokenizer.from_file(str(json_file))
@@ -180,7 +200,11 @@ class Tokenizer:
             tok.no_padding()
             source = json_file
         elif vocab_file.is_file():
-            tok, source = tokenizers.Tokenizer(WordPiece.from_file(str(vocab_file), unk_token="[UNK]")), vocab_file
+            try:
+                tok, source = tokenizers.Tokenizer(WordPiece.from_file(str(vocab_file), unk_token="[UNK]")), vocab_file
+            except Exception as e:  # `tokenizers` raises a bare Exception, e.g. for a binary file
+                raise MiniftError(f"{vocab_file}: expected a WordPiece vocabulary, one token per line in UTF-8 "
+                                  f"({e})") from None
         elif bpe_vocab.is_file() and bpe_merges.is_file():
             tok, source = _roberta_bpe(bpe_vocab, bpe_merges, config), bpe_vocab
         else:
