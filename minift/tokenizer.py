@@ -11,6 +11,7 @@ BPE with add_prefix_space=True there, as transformers requires (_word_tokenizer)
 
 import copy
 import json
+import sys
 from pathlib import Path
 
 import tokenizers
@@ -20,6 +21,8 @@ from tokenizers.models import BPE, WordPiece
 
 from minift.errors import MiniftError
 
+# A run warns (once) when at least this share of the texts of one batch of work are mostly unknown tokens.
+UNKNOWN_SHARE = 0.1
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # BERT's; WordPiece vocabularies must have them
 # The roles of special tokens -> their defaults in BERT's and in RoBERTa's (and every SentencePiece family's) vocabularies
 BERT_SPECIALS = dict(zip(("pad", "unk", "cls", "sep", "mask"), SPECIAL_TOKENS))
@@ -181,6 +184,8 @@ class Tokenizer:
         self.vocab_size = tok.get_vocab_size()
         self.single, self.pair = _template(tok, False, source), _template(tok, True, source)
         self._words = None  # the tokenizer of pre-split words, made when first needed (encode_words)
+        self.unk_id = tok.token_to_id(self.specials["unk"])  # None: a byte-level BPE, which knows every byte
+        self.warned = False  # of texts that are mostly unknown tokens: once per run, not once per text
 
     @classmethod
     def from_dir(cls, path):
@@ -229,6 +234,20 @@ class Tokenizer:
             raise ValueError(f"max_length {max_length} leaves no room for the {specials} special tokens")
         return room, pair_room
 
+    def note_unknown(self, id_lists, texts):
+        """Warn once when at least UNKNOWN_SHARE of these texts are mostly unknown tokens (over half of them):
+        the vocabulary does not cover their language or script, and the model sees little of them."""
+        if self.warned or self.unk_id is None or not id_lists:
+            return
+        mostly = [i for i, ids in enumerate(id_lists) if 2 * sum(x == self.unk_id for x in ids) > len(ids) > 0]
+        if len(mostly) >= UNKNOWN_SHARE * len(id_lists):
+            self.warned = True
+            text = texts[mostly[0]]
+            example = (text if isinstance(text, str) else " ".join(text))[:60]  # a text, or a sentence's words
+            print(f"minift: warning: {len(mostly)} of {len(id_lists)} texts are mostly {self.specials['unk']} (over half "
+                  f"their tokens), e.g. {example!r}: the model's vocabulary does not cover them; is it the right "
+                  "model for their language?", file=sys.stderr)
+
     def n_specials(self, pair: bool) -> int:
         """How many special tokens one text (pair=False) or a pair gets."""
         return sum(isinstance(piece, int) for piece, _ in (self.pair if pair else self.single))
@@ -253,6 +272,7 @@ class Tokenizer:
         # Truncation is done here, not by `tokenizers`: that one also builds every overflow window and, for
         # pairs, every combination of both sides' windows, which takes seconds for one long pair.
         firsts = [e.ids for e in self._tok.encode_batch_fast(texts, add_special_tokens=False)]
+        self.note_unknown(firsts, texts)
         if pairs is None:
             out = [self.with_specials(a[:room]) for a in firsts]
         else:
@@ -292,6 +312,7 @@ class Tokenizer:
         character span in the text, so that a span of tokens maps back to the exact substring."""
         _check_list("texts", texts)
         enc = self._tok.encode_batch(texts, add_special_tokens=False)
+        self.note_unknown([e.ids for e in enc], texts)
         return [e.ids for e in enc], [e.offsets for e in enc]
 
     def tokens(self) -> list[str]:
@@ -339,6 +360,7 @@ class Tokenizer:
             for i, w in zip(e.ids, e.word_ids):
                 pieces[w].append(i)
             out.append([p or [unk] for p in pieces])
+        self.note_unknown([[i for p in s for i in p] for s in out], sentences)
         return out
 
     @staticmethod

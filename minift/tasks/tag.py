@@ -276,6 +276,10 @@ class Tag:
         unseen = Counter()
         gold = tag_ids(ds, names, unseen) if ds.tags is not None else None
         budget = max_length - tok.n_specials(pair=False)  # [CLS] and [SEP]
+        if budget < 1:
+            raise MiniftError(f"--max-length {max_length}: leaves no room for a word beside the "
+                              f"{tok.n_specials(pair=False)} special tokens; a tagger needs at least "
+                              f"{tok.n_specials(pair=False) + 1}")
         lead = [piece for piece, _ in tok.single].index("A")  # special tokens before the text: [CLS]
         f = Features([], [], [] if gold is not None else None, [], [], [len(w) for w in ds.words], gold, names,
                      dict(unseen))
