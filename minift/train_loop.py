@@ -35,6 +35,7 @@ from minift.lock import LOCK, run_lock
 from minift.model import count_params
 from minift.modes import apply_mode, merge_lora, parse_mode
 from minift.predict import run_model
+from minift.tasks.qa import DOC_STRIDE
 from minift.tokenizer import Tokenizer
 from minift.train_step import (make_loss_fn, make_optimizer, make_schedule, pick_device, pick_precision,
                                train_step)
@@ -102,6 +103,8 @@ class RunConfig(tasks.TaskOptions):
             self.lr = DEFAULT_LR[kind]
         if self.metric is None:
             self.metric = task.metrics[0]
+        if self.task == "qa" and self.doc_stride is None:  # run.json records the number the run used
+            self.doc_stride = DOC_STRIDE
         if self.metric not in task.metrics:
             raise MiniftError(f"--metric {self.metric!r}: for task {self.task} expected one of {', '.join(task.metrics)}")
 
