@@ -179,10 +179,10 @@ def load_pretrained(cls, path, allow_pickle=False, id2label=None, problem_type=N
             param.copy_(torch.cat([sd[s] for s in srcs]) if len(srcs) > 1 else sd[srcs[0]])
     unexpected = sorted(k for k in sd if k not in known)
     if missing or unexpected or misshaped or mistyped:
-        lines = [f"{path}: the weights do not match config.json"]
-        for label, names in (("missing", missing), ("unexpected", unexpected), ("wrong shape", misshaped),
-                             ("not floating point", mistyped)):
-            if names:
+        found = [(label, names) for label, names in (("missing", missing), ("unexpected", unexpected),
+                 ("wrong shape", misshaped), ("not floating point", mistyped)) if names]
+        lines = [f"{path}: the weights do not match config.json ({', '.join(f'{len(n)} {l}' for l, n in found)})"]
+        for label, names in found:
                 lines.append(f"  {label} ({len(names)}): " + ", ".join(names[:20]) + (" ..." if len(names) > 20 else ""))
         raise MiniftError("\n".join(lines))
     return model

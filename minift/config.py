@@ -117,6 +117,9 @@ class BertConfig:
         for key in ("is_decoder", "add_cross_attention"):
             if d.get(key):
                 raise MiniftError(f"config: {key}=true is not supported; minift implements the encoder only")
+        # A setting under both the family's name and BERT's is the family's; one the family fixes is not read.
+        renamed = RENAMES.get(family, {}).values()
+        d = {k: v for k, v in d.items() if k not in ABSENT.get(family, ()) and not (k in renamed and own_name(family, k) in d)}
         d = {**DEFAULTS.get(family, {}), **d}  # a key left out means the family's default, not BERT's
         if family == "modernbert":
             d = _from_modernbert(d)

@@ -147,6 +147,7 @@ class Classify:
 
     def label_names(self, train: Dataset) -> dict[int, str]:
         """id2label from the training labels; regression has one output, called score."""
+        check_kinds(train, self.name)
         try:
             label2id = label_map(train.labels, self.name)
         except MiniftError as e:  # label_map sees values only: name the file they came from
@@ -233,6 +234,16 @@ def _missing(value):
     return value is None or (isinstance(value, str) and not value.strip())
 
 
+def check_kinds(ds: Dataset, task: str):
+    """A list or object where classify expects one label, named with its line (label_map sees values only)."""
+    for v, line in zip(ds.labels, ds.lines):
+        if task == "classify" and isinstance(v, (list, dict)):
+            try:
+                _class_name(v)
+            except MiniftError as e:
+                raise MiniftError(f"{ds.path}, line {line}: {e}") from None
+
+
 def _class_name(value):
     if isinstance(value, (list, dict)):
         raise MiniftError(f"Label {value!r} is a {type(value).__name__}; single-label classification needs "
@@ -273,6 +284,7 @@ def encode_labels(ds: Dataset, label2id: dict, task: str, unseen: Counter | None
     """The labels as the model's ids; a label the model does not know gets an id after the model's (the next
     free one, per name, in the order first met) and is counted in `unseen`."""
     unseen = Counter() if unseen is None else unseen
+    check_kinds(ds, task)
     def fail(i, what):
         raise MiniftError(f"{ds.path}, line {ds.lines[i]}: {what}")
 
