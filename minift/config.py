@@ -312,8 +312,12 @@ def estimate_memory(c):
     culprit = max((f for f in fields_ if getattr(c, f)),
                   key=lambda f: need - 4 * param_count(replace_field(c, f, 1)))
     raise MiniftError(f"config: {own_name(c.model_type, culprit)}={getattr(c, culprit)}: the model would need about "
-                      f"{need / 2**30:,.1f} GiB for its fp32 parameters alone, more than the {total / 2**30:,.1f} GiB "
-                      "of memory this machine has")
+                      f"{size(need)} for its fp32 parameters alone, more than the {size(total)} of memory this "
+                      "machine has")
+
+
+def size(n: int) -> str:
+    return f"{n / 2**30:,.1f} GiB" if n >= 2**30 else f"{n / 2**20:,.0f} MiB"
 
 
 def replace_field(c, field: str, value):

@@ -15,8 +15,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+import minift.config
 from minift import tasks
-from minift.config import BertConfig
+from minift.config import BertConfig, param_count
 from minift.tokenizer import Tokenizer
 from hostile import refused, run_cli, snapshot
 
@@ -147,6 +148,32 @@ def test_config_json(root, tmp_path, changes, how, culprit):
     model = model_copy(root, case, "classify" if how.startswith("train") else task, config=changes)
     line = refused(command(root, case, how, model), culprit, tmp_path)
     assert str(model / "config.json") in line  # the file, and the field
+
+
+SMALL = {"vocab_size": 1000, "hidden_size": 64, "num_attention_heads": 4, "intermediate_size": 100,
+         "num_hidden_layers": 2, "max_position_embeddings": 130, "pad_token_id": 1}
+FAMILY_SMALL = {"bert": SMALL, "roberta": SMALL, "electra": {**SMALL, "embedding_size": 16},
+                "distilbert": {"vocab_size": 1000, "dim": 64, "n_heads": 4, "hidden_dim": 100, "n_layers": 2},
+                "modernbert": {**SMALL, "pad_token_id": 0, "num_hidden_layers": 3}}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILY_SMALL))
+def test_parameter_estimate_bounds_every_model(family):
+    """The memory check's estimate is at least what every task's model of the config holds, and not 5% more than
+    the largest of them."""
+    cfg = BertConfig.from_dict({"model_type": family, **FAMILY_SMALL[family]})
+    actual = [sum(p.numel() for p in tasks.get(name).model(cfg).parameters()) for name in ("classify", "tag", "qa", "mlm")]
+    assert max(actual) <= param_count(cfg) <= 1.05 * max(actual)
+
+
+@pytest.mark.parametrize("field, value", [("intermediate_size", 100_000), ("hidden_size", 4096),
+                                          ("max_position_embeddings", 300_000)])
+def test_config_beyond_the_machines_memory(root, tmp_path, monkeypatch, field, value):
+    """With 16 MiB of memory (as the machine says), the field that asks most is named; nothing is allocated."""
+    monkeypatch.setattr(minift.config, "machine_memory", lambda: 16 * 2 ** 20)
+    model = model_copy(root, tmp_path, config={field: value})
+    line = refused(predict_argv(root, "classify", model), f"{field}={value}", tmp_path)
+    assert "more than the 16 MiB of memory this machine has" in line
 
 
 @pytest.mark.parametrize("how", ["train-classify", "eval-multilabel", "predict-regression", "eval-tag", "predict-qa",
