@@ -178,7 +178,7 @@ class Tokenizer:
         self.specials = _specials(self._config, tok)
         missing = [t for t in (self.specials["pad"], self.specials["cls"]) if tok.token_to_id(t) is None]
         if missing:
-            raise MiniftError(f"{source}: the special tokens {', '.join(missing)} are not in the vocabulary")
+            raise MiniftError(f"{source}: the special tokens {', '.join(map(repr, missing))} are not in the vocabulary")
         self.pad_id, self.cls_id, self.sep_id, self.mask_id = (tok.token_to_id(self.specials[r])
                                                                for r in ("pad", "cls", "sep", "mask"))
         self.vocab_size = tok.get_vocab_size()
@@ -217,6 +217,10 @@ class Tokenizer:
                               "vocab.json + merges.txt; a SentencePiece .model needs converting to tokenizer.json)")
         if isinstance(tok.model, WordPiece):
             _bert_wordpiece(tok, config, source)
+        named = _specials(config, tok)
+        absent = [r for r in ("pad", "cls") if f"{r}_token" in config and tok.token_to_id(named[r]) is None]
+        if absent:  # tokenizer_config.json names a token the vocabulary lacks
+            raise MiniftError(f"{config_file}: {absent[0]}_token={named[absent[0]]!r} is not in the vocabulary ({source})")
         return cls(tok, config.get("model_max_length", 512), config, source)
 
     from_pretrained = from_dir  # the name a transformers user reaches for, as Bert.from_pretrained

@@ -12,10 +12,12 @@ import json
 import shutil
 
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from minift.config import FAMILIES, RENAMES, BertConfig
+from minift.config import FAMILIES, RENAMES, BertConfig, param_count
+from minift.model import Bert
 from minift.data import read_dataset
 from minift.errors import MiniftError
 from minift.plot import read_metrics
@@ -293,10 +295,20 @@ def load_or_refuse(load, culprit: str):
 @given(family=st.sampled_from(sorted(FAMILIES)), changes=st.dictionaries(st.sampled_from(CONFIG_KEYS), VALUE,
                                                                         min_size=1, max_size=4))
 def test_config_json_mutations_load_or_are_refused(tiny_dir, tmp_path, family, changes):
+    """A config.json that loads also builds a model that runs; one that does not is refused naming the file."""
     d = copy_model(tiny_dir, tmp_path)
     config = {**json.loads((d / "config.json").read_text()), "model_type": family, **changes}
     (d / "config.json").write_text(json.dumps(config))  # NaN and Infinity as Python's json writes them
-    load_or_refuse(lambda: BertConfig.from_json(d), str(d / "config.json"))
+
+    def load_and_run():
+        cfg = BertConfig.from_json(d)
+        if param_count(cfg) > 10 ** 7:  # valid, but too large to build in a test
+            return
+        model = Bert(cfg).eval()
+        ids = torch.arange(min(cfg.vocab_size, 5, cfg.max_tokens)).view(1, -1)
+        h, _ = model(ids, torch.ones_like(ids), torch.zeros_like(ids))
+        assert h.shape == (1, ids.shape[1], cfg.hidden_size)
+    load_or_refuse(load_and_run, str(d / "config.json"))
 
 
 @BOUNDED
