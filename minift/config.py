@@ -269,15 +269,16 @@ def label_ids(c, fail) -> dict[int, str] | None:
         return None
     if not isinstance(c.id2label, dict):
         fail("id2label", 'expected an object {"0": "name", "1": ...}')
-    out = {}
+    out, names = {}, set()
     for k, v in c.id2label.items():
         if not (is_whole(k, 0) or isinstance(k, str) and re.fullmatch(r"0|[1-9][0-9]{0,8}", k)):
             fail("id2label", f"the key {k!r} is not a class id (0, 1, ...)", "{...}")
         if not isinstance(v, str):
             fail("id2label", f"class {k}'s name {v!r} is not a string", "{...}")
-        if v in out.values():
+        if v in names:
             fail("id2label", f"the name {v!r} is given to two classes", "{...}")
         out[int(k)] = v
+        names.add(v)
     if sorted(out) != list(range(len(out))):
         fail("id2label", f"the keys must be exactly 0 to {len(out) - 1}, without gaps", f"{{keys {sorted(out)}}}")
     return out
@@ -291,14 +292,18 @@ def machine_memory() -> int | None:
         return None
 
 
-def param_count(c) -> int:
-    """About how many parameters the model of config c has (encoder, pooler, the largest head), as model.py builds it."""
-    H, I, E, V = c.hidden_size, c.intermediate_size, c.embedding_size or c.hidden_size, c.vocab_size
-    positions = 0 if c.pre_norm else c.max_position_embeddings
-    embeddings = (V + positions + c.type_vocab_size) * E + 2 * E + (E * H + H if E != H else 0)
+def param_count(c, **instead) -> int:
+    """About how many parameters the model of config c has (encoder, pooler, the largest head), as model.py builds
+    it; `instead` gives other values to some of c's sizes."""
+    def get(field):
+        return instead.get(field, getattr(c, field))
+    H, I, V = get("hidden_size"), get("intermediate_size"), get("vocab_size")
+    E = get("embedding_size") or H
+    positions = 0 if c.pre_norm else get("max_position_embeddings")
+    embeddings = (V + positions + get("type_vocab_size")) * E + 2 * E + (E * H + H if E != H else 0)
     layer = 4 * H * H + (3 if c.pre_norm else 2) * H * I + 8 * H + 2 * I
     head = H * H + H * max(len(c.id2label or ()), 2) + V  # pooler or dense, classifier, a masked LM's bias
-    return embeddings + c.num_hidden_layers * layer + head
+    return embeddings + get("num_hidden_layers") * layer + head
 
 
 def estimate_memory(c):
@@ -309,8 +314,7 @@ def estimate_memory(c):
         return
     fields_ = ("vocab_size", "hidden_size", "num_hidden_layers", "intermediate_size", "max_position_embeddings",
                "type_vocab_size", "embedding_size")
-    culprit = max((f for f in fields_ if getattr(c, f)),
-                  key=lambda f: need - 4 * param_count(replace_field(c, f, 1)))
+    culprit = max((f for f in fields_ if getattr(c, f)), key=lambda f: need - 4 * param_count(c, **{f: 1}))
     raise MiniftError(f"config: {own_name(c.model_type, culprit)}={getattr(c, culprit)}: the model would need about "
                       f"{size(need)} for its fp32 parameters alone, more than the {size(total)} of memory this "
                       "machine has")
@@ -319,12 +323,6 @@ def estimate_memory(c):
 def size(n: int) -> str:
     return f"{n / 2**30:,.1f} GiB" if n >= 2**30 else f"{n / 2**20:,.0f} MiB"
 
-
-def replace_field(c, field: str, value):
-    """A shallow copy of c with one field changed, unchecked (for estimates only)."""
-    copy = object.__new__(type(c))
-    copy.__dict__.update(c.__dict__, **{field: value})
-    return copy
 
 
 def bert_architecture(d: dict) -> str:
