@@ -118,9 +118,8 @@ def predict(model_dir, texts: list[str], pairs: list[str] | None = None, batch_s
     options: the task's settings (TaskOptions)."""
     model, tok, task = load(model_dir, device, allow_pickle)
     examples = task.from_texts(texts, pairs, tok)
-    return predict_examples(model, tok, task, examples, task_options(options, task, model_dir), batch_size, max_length,
-                            precision,
-                            quantize)
+    opts = task_options(options, task, model_dir)
+    return predict_examples(model, tok, task, examples, opts, batch_size, max_length, precision, quantize)
 
 
 def predict_examples(model, tok, task, examples, opts, batch_size, max_length, precision, quantize=None) -> list[dict]:

@@ -195,6 +195,7 @@ class Classify:
 
 
 def unseen_labels(unseen: dict[str, int]) -> dict:
+    """What score adds for gold labels (or tags) the model does not know: {"unseen_labels": {name: count}}."""
     return {"unseen_labels": dict(sorted(unseen.items()))} if unseen else {}
 
 

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from minift.config import BertConfig
 from minift.errors import MiniftError
 from minift.model import Bert, Dropout, PredictionHead, init_weights
+from minift.tasks.classify import unseen_labels
 
 FORMATS = {".conll": "conll", ".iob": "conll", ".bio": "conll", ".jsonl": "jsonl", ".ndjson": "jsonl",
            ".txt": "wordtag"}
@@ -336,7 +337,7 @@ class Tag:
             pred = [[f.names[i] for i in x.argmax(1).tolist()] for x in logits]
             names = f.names + list(f.unseen)
             result.update(entity_scores([[names[i] for i in tags] for tags in f.gold], pred))
-        return {**result, **({"unseen_labels": dict(sorted(f.unseen.items()))} if f.unseen else {})}
+        return {**result, **unseen_labels(f.unseen)}
 
     def decode(self, outputs: list[torch.Tensor], f: Features, ds: Sentences, config: BertConfig) -> list[dict]:
         """Per sentence: {"words": [{"word", "tag", "start", "end"}]}, and with chunk tags "entities":
