@@ -158,7 +158,7 @@ def load_pretrained(cls, path, allow_pickle=False, id2label=None, problem_type=N
     # A base BERT has no head yet, and sentence-embedding checkpoints may lack the pooler:
     # those start from their initialisation, which the constructor already did.
     may_be_new = ("bert.pooler.", *getattr(model, "HEAD", ()))
-    missing, misshaped, known = [], [], set()
+    missing, misshaped, mistyped, known = [], [], [], set()
     with torch.no_grad():
         for name, param in model.state_dict().items():
             srcs = hf_tensor_names(model, name)
@@ -172,15 +172,18 @@ def load_pretrained(cls, path, allow_pickle=False, id2label=None, problem_type=N
                 continue
             want = (param.shape[0] // len(srcs), *param.shape[1:])
             bad = [f"{s} {list(sd[s].shape)} (expected {list(want)})" for s in srcs if tuple(sd[s].shape) != want]
-            if bad:
+            # An integer or boolean tensor would be copied into the weights as numbers no training produced.
+            mistyped += [f"{s} {str(sd[s].dtype).removeprefix('torch.')}" for s in srcs if not sd[s].is_floating_point()]
+            if bad or mistyped:
                 misshaped += bad
                 continue
             param.copy_(torch.cat([sd[s] for s in srcs]) if len(srcs) > 1 else sd[srcs[0]])
     unexpected = sorted(k for k in sd if k not in known)
-    if missing or unexpected or misshaped:
-        lines = [f"{path}: the weights do not match config.json"]
-        for label, names in (("missing", missing), ("unexpected", unexpected), ("wrong shape", misshaped)):
-            if names:
+    if missing or unexpected or misshaped or mistyped:
+        found = [(label, names) for label, names in (("missing", missing), ("unexpected", unexpected),
+                 ("wrong shape", misshaped), ("not floating point", mistyped)) if names]
+        lines = [f"{path}: the weights do not match config.json ({', '.join(f'{len(n)} {l}' for l, n in found)})"]
+        for label, names in found:
                 lines.append(f"  {label} ({len(names)}): " + ", ".join(names[:20]) + (" ..." if len(names) > 20 else ""))
         raise MiniftError("\n".join(lines))
     return model

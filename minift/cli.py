@@ -15,7 +15,8 @@ TRAIN_HELP = {
             "part of speech, named entities); each is a file in minift/tasks/",
     "text_column": "column holding the text", "text_pair_column": "column holding the second text of a pair",
     "label_column": "column holding the label",
-    "doc_stride": "qa: tokens by which a long context's windows overlap",
+    "doc_stride": "qa: tokens by which a long context's windows overlap (default: train 128; predict and eval "
+                  "what the model was trained with, else 128)",
     "max_answer_length": "qa: the longest answer, in tokens",
     "null_threshold": "qa with --squad-v2: answer nothing when the [CLS] score beats the best span's by more than this",
     "squad_v2": "qa: SQuAD v2.0, where questions may have no answer (empty answers in the data); "
@@ -118,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_fields(parser, dataclass, skip=()):
     """One --flag per field of a settings dataclass (RunConfig, TaskOptions), typed by its default."""
-    types = {"max_steps": int, "lr": float, "max_length": int}  # fields whose default None says nothing of the type
+    types = {"max_steps": int, "lr": float, "max_length": int, "doc_stride": int}  # fields whose default None says nothing of the type
     for field in dataclasses.fields(dataclass):
         if field.name in skip:
             continue
@@ -266,7 +267,7 @@ def command(args):
     elif args.command == "predict":
         from minift.predict import load, predict_examples, task_options
         model, tok, task = load(args.model, args.device, args.allow_pickle)
-        opts = task_options(options_of(args), task)
+        opts = task_options(options_of(args), task, args.model)
         # One answer per text or pair is streamed; a task's own file formats (qa: SQuAD, tag: CoNLL, ...)
         # and documents (qa's .json) are read and written whole.
         from minift.tasks.classify import Classify

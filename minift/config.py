@@ -4,6 +4,9 @@ One dataclass in BERT's names serves every family; a family's config.json names 
 translated on the way in and back out (RENAMES), and its few own settings are fields here too.
 """
 import json
+import math
+import os
+import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -66,32 +69,10 @@ class BertConfig:
     tie_word_embeddings: bool = True  # the masked-LM decoder is the word embeddings (minift's always is)
 
     def __post_init__(self):
-        # Refuse what this implementation does not compute, rather than computing it wrongly.
-        if self.model_type not in FAMILIES:
-            raise MiniftError(f"config: model_type={self.model_type!r} is not supported; "
-                              f"supported: {', '.join(FAMILIES)}")
-        for key in ("hidden_act", "classifier_activation"):
-            if getattr(self, key) not in ACTIVATIONS:
-                raise MiniftError(f"config: {key}={getattr(self, key)!r} is not supported; "
-                                  f"supported: {', '.join(ACTIVATIONS)}")
-        if self.classifier_pooling not in ("cls", "mean"):
-            raise MiniftError(f"config: classifier_pooling={self.classifier_pooling!r} is not one of cls, mean")
-        kinds = set(self.layer_types or ()) - {"full_attention", "sliding_attention"}
-        if kinds:
-            raise MiniftError(f"config: layer_types has {sorted(kinds)}; expected full_attention or sliding_attention")
-        if self.layer_types is not None and len(self.layer_types) != self.num_hidden_layers:
-            raise MiniftError(f"config: layer_types has {len(self.layer_types)} entries for "
-                              f"num_hidden_layers={self.num_hidden_layers}")
-        if self.position_embedding_type != "absolute":
-            raise MiniftError(f"config: position_embedding_type={self.position_embedding_type!r} is not "
-                              "supported; only 'absolute' position embeddings are implemented")
-        if self.problem_type is not None and self.problem_type not in PROBLEM_TYPES:
-            raise MiniftError(f"config: problem_type={self.problem_type!r} is not one of {', '.join(PROBLEM_TYPES)}")
-        if self.hidden_size % self.num_attention_heads:
-            raise MiniftError(f"config: hidden_size={self.hidden_size} is not divisible by "
-                              f"num_attention_heads={self.num_attention_heads}")
-        if self.id2label is not None:  # JSON keys are strings
-            self.id2label = {int(k): str(v) for k, v in self.id2label.items()}
+        # Every value is checked before a tensor is made from it; then refuse what this implementation does
+        # not compute, rather than computing it wrongly.
+        self.id2label = check_fields(self)
+        estimate_memory(self)
 
     # The switches of the families, in one place: model.py reads these, never model_type.
     @property
@@ -120,21 +101,34 @@ class BertConfig:
     def label2id(self) -> dict[str, int]:
         return {v: k for k, v in (self.id2label or {0: "LABEL_0", 1: "LABEL_1"}).items()}
 
+    def check_tokenizer(self, tok, path):
+        """Refuse a tokenizer whose ids go past the embedding table (they would index outside it)."""
+        n = len(tok.tokens())
+        if n > self.vocab_size:
+            raise MiniftError(f"{path}: the tokenizer has {n} token ids (0 to {n - 1}) but config.json's "
+                              f"{own_name(self.model_type, 'vocab_size')} is {self.vocab_size}: they do not belong "
+                              "together (use the tokenizer files saved with this model)")
+
     @classmethod
     def from_dict(cls, d: dict) -> "BertConfig":
         family = d.get("model_type", "bert")
-        if family not in FAMILIES:
+        if not isinstance(family, str) or family not in FAMILIES:
             raise MiniftError(f"config: model_type={family!r} is not supported; supported: {', '.join(FAMILIES)}")
         for key in ("is_decoder", "add_cross_attention"):
             if d.get(key):
                 raise MiniftError(f"config: {key}=true is not supported; minift implements the encoder only")
+        # A setting under both the family's name and BERT's is the family's; one the family fixes is not read.
+        renamed = RENAMES.get(family, {}).values()
+        d = {k: v for k, v in d.items() if k not in ABSENT.get(family, ()) and not (k in renamed and own_name(family, k) in d)}
         d = {**DEFAULTS.get(family, {}), **d}  # a key left out means the family's default, not BERT's
         if family == "modernbert":
             d = _from_modernbert(d)
         d = {RENAMES.get(family, {}).get(k, k): v for k, v in d.items()}
         known = {f.name for f in fields(cls)}
         kw = {k: v for k, v in d.items() if k in known}
-        if "id2label" not in d and d.get("num_labels"):  # num_labels without names
+        if "id2label" not in d and d.get("num_labels") is not None:  # num_labels without names
+            if not is_whole(d["num_labels"], 1) or d["num_labels"] > MAX_LABELS:
+                raise MiniftError(f"config: num_labels={d['num_labels']!r}: expected a whole number from 1 to {MAX_LABELS:,}")
             kw["id2label"] = {i: f"LABEL_{i}" for i in range(d["num_labels"])}
         return cls(**kw)
 
@@ -155,10 +149,8 @@ class BertConfig:
             raise MiniftError(f"{path}: expected a JSON object of BERT settings")
         try:
             return cls.from_dict(d)
-        except TypeError as e:
-            raise MiniftError(f"{path}: {e}") from None
         except MiniftError as e:
-            raise MiniftError(f"{path}: {e}") from None
+            raise MiniftError(f"{path}: {str(e).removeprefix('config: ')}") from None
 
     def to_dict(self, architecture: str = "BertModel") -> dict:
         """config.json in the family's own names, as transformers writes it."""
@@ -189,6 +181,150 @@ class BertConfig:
         return {"architectures": [architecture], **{back.get(k, k): v for k, v in d.items()}}
 
 
+# ---- validation: every value read is checked before a tensor is made from it ----
+SIZES = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+         "max_position_embeddings")  # whole numbers >= 1
+PROBABILITIES = ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout")  # in [0, 1)
+POSITIVE = ("layer_norm_eps", "rope_theta", "local_rope_theta")
+SWITCHES = ("sinusoidal_pos_embds", "bias", "decoder_bias", "tie_word_embeddings")
+CHOICES = {"model_type": tuple(FAMILIES), "hidden_act": ACTIVATIONS, "classifier_activation": ACTIVATIONS,
+           "classifier_pooling": ("cls", "mean"), "position_embedding_type": ("absolute",),
+           "problem_type": PROBLEM_TYPES}
+MAX_LABELS = 1_000_000  # num_labels alone builds id2label: a bound before memory goes to it
+
+
+def own_name(family: str, field: str) -> str:
+    """A BertConfig field under the name the family's config.json gives it (DistilBERT: n_heads, not num_attention_heads)."""
+    return next((k for k, v in RENAMES.get(family, {}).items() if v == field), field)
+
+
+def is_whole(v, least: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= least
+
+
+def is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def check_fields(c: "BertConfig") -> dict[int, str] | None:
+    """Refuse a value of the wrong type or out of range, naming the field as the family's config.json names it.
+    Returns id2label with whole-number keys."""
+    def fail(field, expected, value=None):
+        name = own_name(c.model_type if c.model_type in FAMILIES else "bert", field)
+        shown = repr(getattr(c, field)) if value is None else str(value)
+        raise MiniftError(f"config: {name}={shown if len(shown) <= 80 else shown[:76] + ' ...'}: {expected}")
+    for field, choices in CHOICES.items():
+        v = getattr(c, field)
+        if not (v is None and field == "problem_type") and (not isinstance(v, str) or v not in choices):
+            fail(field, f"not supported; supported: {', '.join(choices)}")
+    for field in SIZES:
+        if not is_whole(getattr(c, field), 1):
+            fail(field, "expected a whole number >= 1")
+    for field, least in (("type_vocab_size", 0), ("pad_token_id", 0), ("local_attention", 2)):
+        if not is_whole(getattr(c, field), least):
+            fail(field, f"expected a whole number >= {least}")
+    if c.embedding_size is not None and not is_whole(c.embedding_size, 1):
+        fail("embedding_size", "expected a whole number >= 1")
+    for field in PROBABILITIES:
+        v = getattr(c, field)
+        if not (v is None and field == "classifier_dropout") and not (is_number(v) and 0 <= v < 1):
+            fail(field, "expected a dropout probability in [0, 1)")
+    for field in POSITIVE:
+        if not (is_number(getattr(c, field)) and getattr(c, field) > 0):
+            fail(field, "expected a finite number > 0")
+    if not (is_number(c.initializer_range) and c.initializer_range >= 0):
+        fail("initializer_range", "expected a finite number >= 0")
+    for field in SWITCHES:
+        if not isinstance(getattr(c, field), bool):
+            fail(field, "expected true or false")
+    if c.pad_token_id >= c.vocab_size:
+        fail("pad_token_id", f"outside the vocabulary (vocab_size={c.vocab_size}: ids 0 to {c.vocab_size - 1})")
+    if c.hidden_size % c.num_attention_heads:
+        fail("num_attention_heads", f"does not divide {own_name(c.model_type, 'hidden_size')}={c.hidden_size}")
+    if c.pre_norm and (c.hidden_size // c.num_attention_heads) % 2:
+        fail("num_attention_heads", "gives an odd head size; rotary positions rotate pairs of features")
+    if c.max_tokens < 2:
+        fail("max_position_embeddings", f"leaves {c.max_tokens} position(s) for tokens"
+             + (f" after the offset pad_token_id + 1 = {c.position_offset}" if c.position_offset else "")
+             + "; [CLS] and [SEP] alone need 2")
+    check_layer_types(c, fail)
+    return label_ids(c, fail)
+
+
+def check_layer_types(c, fail):
+    if c.layer_types is None:
+        return
+    if not isinstance(c.layer_types, list) or not all(isinstance(t, str) for t in c.layer_types):
+        fail("layer_types", "expected a list of full_attention or sliding_attention")
+    kinds = set(c.layer_types) - {"full_attention", "sliding_attention"}
+    if kinds:
+        fail("layer_types", f"has {sorted(kinds)}; expected full_attention or sliding_attention")
+    if len(c.layer_types) != c.num_hidden_layers:
+        fail("layer_types", f"has {len(c.layer_types)} entries for num_hidden_layers={c.num_hidden_layers}")
+
+
+def label_ids(c, fail) -> dict[int, str] | None:
+    """id2label with whole-number keys, which must be exactly 0 to n - 1, and distinct names."""
+    if c.id2label is None:
+        return None
+    if not isinstance(c.id2label, dict):
+        fail("id2label", 'expected an object {"0": "name", "1": ...}')
+    out, names = {}, set()
+    for k, v in c.id2label.items():
+        if not (is_whole(k, 0) or isinstance(k, str) and re.fullmatch(r"0|[1-9][0-9]{0,8}", k)):
+            fail("id2label", f"the key {k!r} is not a class id (0, 1, ...)", "{...}")
+        if not isinstance(v, str):
+            fail("id2label", f"class {k}'s name {v!r} is not a string", "{...}")
+        if v in names:
+            fail("id2label", f"the name {v!r} is given to two classes", "{...}")
+        out[int(k)] = v
+        names.add(v)
+    if sorted(out) != list(range(len(out))):
+        fail("id2label", f"the keys must be exactly 0 to {len(out) - 1}, without gaps", f"{{keys {sorted(out)}}}")
+    return out
+
+
+def machine_memory() -> int | None:
+    """Bytes of memory this machine has; None where the system does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def param_count(c, **instead) -> int:
+    """About how many parameters the model of config c has (encoder, pooler, the largest head), as model.py builds
+    it; `instead` gives other values to some of c's sizes."""
+    def get(field):
+        return instead.get(field, getattr(c, field))
+    H, I, V = get("hidden_size"), get("intermediate_size"), get("vocab_size")
+    E = get("embedding_size") or H
+    positions = 0 if c.pre_norm else get("max_position_embeddings")
+    embeddings = (V + positions + get("type_vocab_size")) * E + 2 * E + (E * H + H if E != H else 0)
+    layer = 4 * H * H + (3 if c.pre_norm else 2) * H * I + 8 * H + 2 * I
+    head = H * H + H * max(len(c.id2label or ()), 2) + V  # pooler or dense, classifier, a masked LM's bias
+    return embeddings + get("num_hidden_layers") * layer + head
+
+
+def estimate_memory(c):
+    """Refuse a config whose fp32 parameters alone exceed the machine's memory, naming the field that asks most."""
+    total = machine_memory()
+    need = 4 * param_count(c)
+    if total is None or need <= total:
+        return
+    fields_ = ("vocab_size", "hidden_size", "num_hidden_layers", "intermediate_size", "max_position_embeddings",
+               "type_vocab_size", "embedding_size")
+    culprit = max((f for f in fields_ if getattr(c, f)), key=lambda f: need - 4 * param_count(c, **{f: 1}))
+    raise MiniftError(f"config: {own_name(c.model_type, culprit)}={getattr(c, culprit)}: the model would need about "
+                      f"{size(need)} for its fp32 parameters alone, more than the {size(total)} of memory this "
+                      "machine has")
+
+
+def size(n: int) -> str:
+    return f"{n / 2**30:,.1f} GiB" if n >= 2**30 else f"{n / 2**20:,.0f} MiB"
+
+
+
 def bert_architecture(d: dict) -> str:
     """config.json's architecture under BERT's stem (RobertaForSequenceClassification -> BertForSequenceClassification):
     minift has one model class per task, whatever the family."""
@@ -216,18 +352,27 @@ def _from_modernbert(d: dict) -> dict:
     """ModernBERT's config.json, old (global_rope_theta, global_attn_every_n_layers) or new (rope_parameters,
     layer_types) style -> BertConfig's fields."""
     biases = {k: d.get(k, False) for k in BIASES}
+    odd = next((k for k, v in biases.items() if not isinstance(v, bool)), None)
+    if odd:
+        raise MiniftError(f"config: {odd}={biases[odd]!r}: expected true or false")
     if len(set(biases.values())) > 1:
         raise MiniftError(f"config: {biases} differ; minift supports ModernBERT with all of them alike")
     if d["embedding_dropout"] != d["mlp_dropout"]:
         raise MiniftError(f"config: embedding_dropout={d['embedding_dropout']} differs from mlp_dropout="
                           f"{d['mlp_dropout']}; minift applies one hidden dropout to both")
     rope = d.get("rope_parameters") or {}
+    if not isinstance(rope, dict) or not all(isinstance(v, dict) for v in rope.values()):
+        raise MiniftError(f"config: rope_parameters={rope!r}: expected an object of objects, "
+                          '{"full_attention": {"rope_theta": ...}, "sliding_attention": {...}}')
     for kind in ("full_attention", "sliding_attention"):
         if rope.get(kind, {}).get("rope_type", "default") != "default":
             raise MiniftError(f"config: rope_parameters.{kind}.rope_type={rope[kind]['rope_type']!r} is not "
                               "supported; only 'default' rotary embeddings are implemented")
     every = d.get("global_attn_every_n_layers", 3)
     n = d.get("num_hidden_layers", 22)
+    for key, value in (("global_attn_every_n_layers", every), ("num_hidden_layers", n)):
+        if not is_whole(value, 1):
+            raise MiniftError(f"config: {key}={value!r}: expected a whole number >= 1")
     return {**d, "bias": biases["norm_bias"],
             "rope_theta": rope.get("full_attention", {}).get("rope_theta", d.get("global_rope_theta", 160_000.0)),
             "local_rope_theta": rope.get("sliding_attention", {}).get("rope_theta", d.get("local_rope_theta", 10_000.0)),

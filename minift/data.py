@@ -10,6 +10,9 @@ from pathlib import Path
 from minift.errors import MiniftError
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+# The csv module refuses fields over 128 KB by default; a long document in one field is data like any other
+# (JSON Lines has no such limit). The largest value the C long of every platform holds.
+FIELD_LIMIT = 2 ** 31 - 1
 
 
 @dataclass
@@ -72,9 +75,14 @@ def read_dataset(path, text_column="text", text_pair_column=None, label_column="
 
 def _read_csv(path, lines, delimiter):
     # lines: a text stream opened with newline="", so that newlines inside quoted fields stay part of the field.
+    csv.field_size_limit(FIELD_LIMIT)
     reader = csv.reader(lines, delimiter=delimiter)
     try:
         header = [h.strip() for h in next(reader, [])]
+        twice = next((h for i, h in enumerate(header) if h in header[:i]), None)
+        if twice is not None:
+            raise MiniftError(f"{path}, line 1: the header names the column {twice!r} twice; "
+                              "give each column its own name")
         start = reader.line_num + 1
         for row in reader:
             if row:  # csv gives [] for a blank line

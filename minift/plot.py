@@ -37,6 +37,10 @@ def read_metrics(run) -> list[dict]:
             raise MiniftError(f"{file}, line {n}: {e}; train writes a number that is not finite as null") from None
         if not isinstance(row, dict) or not isinstance(row.get("step"), int):
             raise MiniftError(f"{file}, line {n}: expected a JSON object with a whole-number \"step\"")
+        odd = next((k for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)), None)
+        if odd is not None:  # Python's json reads NaN and Infinity, which no curve can draw
+            raise MiniftError(f"{file}, line {n}: \"{odd}\" is {row[odd]}, not a finite number; write null there "
+                              "to leave that point out")
         rows.append(row)
     if not rows:
         raise MiniftError(f"{run}: no metrics yet; a run writes a line to metrics.jsonl after each evaluation "

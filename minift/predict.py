@@ -57,19 +57,41 @@ def load(model_dir, device="auto", allow_pickle=False):
     """A fine-tuned model directory -> (model on device, tokenizer, task)."""
     if not Path(model_dir).is_dir():
         raise MiniftError(f"{model_dir}: no such model directory")
-    BertConfig.from_json(Path(model_dir) / "config.json")  # a clear error for a missing or invalid config first
+    config = BertConfig.from_json(Path(model_dir) / "config.json")  # a clear error for an invalid config first
     task = tasks.of_saved(json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8")), model_dir)
-    model = task.model.from_pretrained(model_dir, allow_pickle=allow_pickle)
     tokenizer = Tokenizer.from_dir(model_dir)
+    config.check_tokenizer(tokenizer, model_dir)
+    if task.name == "qa" and run_record(model_dir) is None:
+        # Not trained by minift (saved by transformers, say): windows of the documented 384 tokens, as transformers'
+        # question-answering pipeline cuts them, not the tokenizer's model_max_length. minift's own runs saved theirs.
+        tokenizer.model_max_length = min(tokenizer.model_max_length, task.default_max_length)
+    model = task.model.from_pretrained(model_dir, allow_pickle=allow_pickle)
     return model.to(pick_device(device)), tokenizer, task
 
 
-def task_options(options: dict, task) -> tasks.TaskOptions:
+def run_record(model_dir) -> dict | None:
+    """The settings of the minift run that trained this model directory (its run.json), or None."""
+    file = Path(model_dir) / "run.json"
+    if not file.exists():
+        return None
+    try:
+        record = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise MiniftError(f"{file}: the record of the run that trained this model cannot be read ({e})") from None
+    if not isinstance(record, dict):
+        raise MiniftError(f"{file}: expected the JSON object of settings that `minift train` writes")
+    return record
+
+
+def task_options(options: dict, task, model_dir=None) -> tasks.TaskOptions:
+    """The task's settings; those not given (None) are what the model in model_dir was trained with."""
     try:
         opts = tasks.TaskOptions(**options)
     except TypeError as e:
         raise MiniftError(f"unknown option: {e}") from None
     tasks.check_options(task, opts)
+    if task.name == "qa" and opts.doc_stride is None and model_dir is not None:
+        opts.doc_stride = (run_record(model_dir) or {}).get("doc_stride")  # a record without it: the default
     return opts
 
 
@@ -96,8 +118,8 @@ def predict(model_dir, texts: list[str], pairs: list[str] | None = None, batch_s
     options: the task's settings (TaskOptions)."""
     model, tok, task = load(model_dir, device, allow_pickle)
     examples = task.from_texts(texts, pairs, tok)
-    return predict_examples(model, tok, task, examples, task_options(options, task), batch_size, max_length, precision,
-                            quantize)
+    opts = task_options(options, task, model_dir)
+    return predict_examples(model, tok, task, examples, opts, batch_size, max_length, precision, quantize)
 
 
 def predict_examples(model, tok, task, examples, opts, batch_size, max_length, precision, quantize=None) -> list[dict]:
@@ -113,7 +135,7 @@ def evaluate(model_dir, data, text_column="text", text_pair_column=None, label_c
     model, tok, task = load(model_dir, device, allow_pickle)
     check_sizes(model, batch_size, max_length, text_pair_column is not None)  # before reading the data
     opts = task_options(dict(options, text_column=text_column, text_pair_column=text_pair_column,
-                             label_column=label_column), task)
+                             label_column=label_column), task, model_dir)
     examples = task.read(data, opts)
     outputs, feats = outputs_of(model, tok, task, examples, opts, batch_size, max_length, precision, quantize)
     return {**task.score(outputs, feats), "examples": len(examples.texts),
@@ -131,11 +153,15 @@ def embed(model_dir, texts: list[str], batch_size: int = 64, max_length: int = 2
 def load_encoder(model_dir, device="auto", allow_pickle=False, quantize: str | None = None):
     """A model directory's encoder (any head left out) in eval mode on device, and its tokenizer."""
     from minift.model import Bert
+    if not Path(model_dir).is_dir():
+        raise MiniftError(f"{model_dir}: no such model directory")
+    tokenizer = Tokenizer.from_dir(model_dir)
+    BertConfig.from_json(Path(model_dir) / "config.json").check_tokenizer(tokenizer, model_dir)
     model = Bert.from_pretrained(model_dir, allow_pickle=allow_pickle).to(pick_device(device)).eval()
     if quantize:
         from minift.quantize import quantize as quantize_model
         quantize_model(model, quantize)
-    return model, Tokenizer.from_dir(model_dir)
+    return model, tokenizer
 
 
 @torch.inference_mode()

@@ -11,6 +11,7 @@ BPE with add_prefix_space=True there, as transformers requires (_word_tokenizer)
 
 import copy
 import json
+import sys
 from pathlib import Path
 
 import tokenizers
@@ -20,6 +21,8 @@ from tokenizers.models import BPE, WordPiece
 
 from minift.errors import MiniftError
 
+# A run warns (once) when at least this share of the texts of one batch of work are mostly unknown tokens.
+UNKNOWN_SHARE = 0.1
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # BERT's; WordPiece vocabularies must have them
 # The roles of special tokens -> their defaults in BERT's and in RoBERTa's (and every SentencePiece family's) vocabularies
 BERT_SPECIALS = dict(zip(("pad", "unk", "cls", "sep", "mask"), SPECIAL_TOKENS))
@@ -31,6 +34,25 @@ def _read_json(path):
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise MiniftError(f"{path}: expected a readable JSON file ({e})") from None
+
+
+# tokenizer_config.json's settings that minift reads -> (the types they may have, what to say otherwise)
+CONFIG_TYPES = {"do_lower_case": ((bool,), "true or false"), "tokenize_chinese_chars": ((bool,), "true or false"),
+                "strip_accents": ((bool, type(None)), "true, false or null"),
+                "add_prefix_space": ((bool,), "true or false"), "trim_offsets": ((bool,), "true or false"),
+                "model_max_length": ((int,), "a whole number >= 1")}
+
+
+def _read_config(path) -> dict:
+    """tokenizer_config.json, each setting minift reads checked for its type."""
+    config = _read_json(path)
+    if not isinstance(config, dict):
+        raise MiniftError(f"{path}: expected a JSON object of tokenizer settings")
+    for key, (types, expected) in CONFIG_TYPES.items():
+        v = config.get(key)
+        if key in config and (not isinstance(v, types) or key == "model_max_length" and (isinstance(v, bool) or v < 1)):
+            raise MiniftError(f"{path}: {key}={v!r}: expected {expected}")
+    return config
 
 
 def _check_list(name, value):
@@ -78,7 +100,8 @@ def _longest_first(a, b, budget):
 
 def _bert_wordpiece(tok, config: dict, source):
     """BertTokenizerFast's settings on a WordPiece tokenizer, in place."""
-    missing = [t for t in SPECIAL_TOKENS if tok.token_to_id(t) is None]
+    vocab = tok.get_vocab(with_added_tokens=False)  # the model's own: it falls back to [UNK] there
+    missing = [t for t in SPECIAL_TOKENS if tok.token_to_id(t) is None or t == tok.model.unk_token and t not in vocab]
     if missing:
         raise MiniftError(f"{source}: expected a BERT vocabulary with {', '.join(missing)} in it")
     # encode adds [CLS]/[SEP] itself, but a saved tokenizer.json should carry the template like any other
@@ -155,12 +178,14 @@ class Tokenizer:
         self.specials = _specials(self._config, tok)
         missing = [t for t in (self.specials["pad"], self.specials["cls"]) if tok.token_to_id(t) is None]
         if missing:
-            raise MiniftError(f"{source}: the special tokens {', '.join(missing)} are not in the vocabulary")
+            raise MiniftError(f"{source}: the special tokens {', '.join(map(repr, missing))} are not in the vocabulary")
         self.pad_id, self.cls_id, self.sep_id, self.mask_id = (tok.token_to_id(self.specials[r])
                                                                for r in ("pad", "cls", "sep", "mask"))
         self.vocab_size = tok.get_vocab_size()
         self.single, self.pair = _template(tok, False, source), _template(tok, True, source)
         self._words = None  # the tokenizer of pre-split words, made when first needed (encode_words)
+        self.unk_id = tok.token_to_id(self.specials["unk"])  # None: a byte-level BPE, which knows every byte
+        self.warned = False  # of texts that are mostly unknown tokens: once per run, not once per text
 
     @classmethod
     def from_dir(cls, path):
@@ -169,7 +194,7 @@ class Tokenizer:
         json_file, vocab_file, config_file, bpe_vocab, bpe_merges = (path / n for n in names)
         if not path.is_dir():
             raise MiniftError(f"{path}: tokenizer directory not found (expected tokenizer.json or vocab.txt in it)")
-        config = _read_json(config_file) if config_file.is_file() else {}
+        config = _read_config(config_file) if config_file.is_file() else {}
         if json_file.is_file():
             try:
                 tok = tokenizers.Tokenizer.from_file(str(json_file))
@@ -180,7 +205,11 @@ class Tokenizer:
             tok.no_padding()
             source = json_file
         elif vocab_file.is_file():
-            tok, source = tokenizers.Tokenizer(WordPiece.from_file(str(vocab_file), unk_token="[UNK]")), vocab_file
+            try:
+                tok, source = tokenizers.Tokenizer(WordPiece.from_file(str(vocab_file), unk_token="[UNK]")), vocab_file
+            except Exception as e:  # `tokenizers` raises a bare Exception, e.g. for a binary file
+                raise MiniftError(f"{vocab_file}: expected a WordPiece vocabulary, one token per line in UTF-8 "
+                                  f"({e})") from None
         elif bpe_vocab.is_file() and bpe_merges.is_file():
             tok, source = _roberta_bpe(bpe_vocab, bpe_merges, config), bpe_vocab
         else:
@@ -188,6 +217,10 @@ class Tokenizer:
                               "vocab.json + merges.txt; a SentencePiece .model needs converting to tokenizer.json)")
         if isinstance(tok.model, WordPiece):
             _bert_wordpiece(tok, config, source)
+        named = _specials(config, tok)
+        absent = [r for r in ("pad", "cls") if f"{r}_token" in config and tok.token_to_id(named[r]) is None]
+        if absent:  # tokenizer_config.json names a token the vocabulary lacks
+            raise MiniftError(f"{config_file}: {absent[0]}_token={named[absent[0]]!r} is not in the vocabulary ({source})")
         return cls(tok, config.get("model_max_length", 512), config, source)
 
     from_pretrained = from_dir  # the name a transformers user reaches for, as Bert.from_pretrained
@@ -204,6 +237,20 @@ class Tokenizer:
         if max_length < specials:
             raise ValueError(f"max_length {max_length} leaves no room for the {specials} special tokens")
         return room, pair_room
+
+    def note_unknown(self, id_lists, texts):
+        """Warn once when at least UNKNOWN_SHARE of these texts are mostly unknown tokens (over half of them):
+        the vocabulary does not cover their language or script, and the model sees little of them."""
+        if self.warned or self.unk_id is None or not id_lists:
+            return
+        mostly = [i for i, ids in enumerate(id_lists) if 2 * sum(x == self.unk_id for x in ids) > len(ids) > 0]
+        if len(mostly) >= UNKNOWN_SHARE * len(id_lists):
+            self.warned = True
+            text = texts[mostly[0]]
+            example = (text if isinstance(text, str) else " ".join(text))[:60]  # a text, or a sentence's words
+            print(f"minift: warning: {len(mostly)} of {len(id_lists)} texts are mostly {self.specials['unk']} (over half "
+                  f"their tokens), e.g. {example!r}: the model's vocabulary does not cover them; is it the right "
+                  "model for their language?", file=sys.stderr)
 
     def n_specials(self, pair: bool) -> int:
         """How many special tokens one text (pair=False) or a pair gets."""
@@ -229,6 +276,7 @@ class Tokenizer:
         # Truncation is done here, not by `tokenizers`: that one also builds every overflow window and, for
         # pairs, every combination of both sides' windows, which takes seconds for one long pair.
         firsts = [e.ids for e in self._tok.encode_batch_fast(texts, add_special_tokens=False)]
+        self.note_unknown(firsts, texts)
         if pairs is None:
             out = [self.with_specials(a[:room]) for a in firsts]
         else:
@@ -268,6 +316,7 @@ class Tokenizer:
         character span in the text, so that a span of tokens maps back to the exact substring."""
         _check_list("texts", texts)
         enc = self._tok.encode_batch(texts, add_special_tokens=False)
+        self.note_unknown([e.ids for e in enc], texts)
         return [e.ids for e in enc], [e.offsets for e in enc]
 
     def tokens(self) -> list[str]:
@@ -315,6 +364,7 @@ class Tokenizer:
             for i, w in zip(e.ids, e.word_ids):
                 pieces[w].append(i)
             out.append([p or [unk] for p in pieces])
+        self.note_unknown([[i for p in s for i in p] for s in out], sentences)
         return out
 
     @staticmethod

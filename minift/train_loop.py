@@ -35,6 +35,7 @@ from minift.lock import LOCK, run_lock
 from minift.model import count_params
 from minift.modes import apply_mode, merge_lora, parse_mode
 from minift.predict import run_model
+from minift.tasks.qa import DOC_STRIDE
 from minift.tokenizer import Tokenizer
 from minift.train_step import (make_loss_fn, make_optimizer, make_schedule, pick_device, pick_precision,
                                train_step)
@@ -111,6 +112,8 @@ class RunConfig(tasks.TaskOptions):
             self.lr = DEFAULT_LR[kind]
         if self.metric is None:
             self.metric = task.metrics[0]
+        if self.task == "qa" and self.doc_stride is None:  # run.json records the number the run used
+            self.doc_stride = DOC_STRIDE
         if self.metric not in task.metrics:
             raise MiniftError(f"--metric {self.metric!r}: for task {self.task} expected one of {', '.join(task.metrics)}")
 
@@ -278,6 +281,8 @@ def load_model(task, cfg: RunConfig, id2label, allow_pickle: bool):
     if not Path(cfg.model).is_dir():
         raise MiniftError(f"{cfg.model}: no such model directory")
     before = BertConfig.from_json(Path(cfg.model) / "config.json")
+    tok = Tokenizer.from_dir(cfg.model)
+    before.check_tokenizer(tok, cfg.model)
     arch = bert_architecture(json.loads((Path(cfg.model) / "config.json").read_text()))
     new_head = (arch != task.model.ARCHITECTURE or (id2label is not None and before.id2label not in (None, id2label))
                 or before.problem_type not in (None, task.problem_type))
@@ -288,7 +293,6 @@ def load_model(task, cfg: RunConfig, id2label, allow_pickle: bool):
     if new_head and arch == "BertModel" and getattr(task.model, "PRETRAINED_HEAD", False):
         note = (f"{cfg.model}: a bare encoder (architecture BertModel) without the pretrained head of "
                 f"{task.model.ARCHITECTURE}; starting a new one for {cfg.task}")
-    tok = Tokenizer.from_dir(cfg.model)
     cfg.max_length = cfg.max_length or min(task.default_max_length, net.config.max_tokens)
     if cfg.max_length > net.config.max_tokens:
         raise MiniftError(f"--max-length {cfg.max_length}: the model has only "

@@ -1,5 +1,6 @@
 import json
 import random
+from collections import Counter
 
 import pytest
 import torch
@@ -117,11 +118,16 @@ def test_unsupported_extension(tmp_path):
     assert "data.xlsx" in msg and ".csv" in msg and ".jsonl" in msg
 
 
-def test_unseen_label_names_label_file_line_and_known(tmp_path):
+def test_unseen_labels_get_ids_after_the_known_and_are_counted(tmp_path):
     train = read_dataset(write(tmp_path, "train.csv", "text,label\na,pos\nb,neg\n"))
-    dev = read_dataset(write(tmp_path, "dev.csv", "text,label\na,pos\nb,neutral\n"))
-    msg = error(encode_labels, dev, label_map(train.labels, "classify"), "classify")
-    assert "'neutral'" in msg and "dev.csv, line 3" in msg and "'neg'" in msg and "'pos'" in msg
+    dev = read_dataset(write(tmp_path, "dev.csv", "text,label\na,pos\nb,neutral\nc,odd\nd,neutral\n"))
+    unseen = Counter()
+    assert encode_labels(dev, label_map(train.labels, "classify"), "classify", unseen).tolist() == [1, 2, 3, 2]
+    assert unseen == {"neutral": 2, "odd": 1}
+    multi = read_dataset(write(tmp_path, "m.jsonl", '{"text": "a", "label": ["x", "new"]}\n{"text": "b", "label": []}\n'))
+    unseen = Counter()
+    assert encode_labels(multi, {"x": 0, "y": 1}, "multilabel", unseen).tolist() == [[1, 0, 1], [0, 0, 0]]
+    assert unseen == {"new": 1}
 
 
 def test_single_class(tmp_path):
@@ -165,9 +171,10 @@ def test_multilabel_csv_and_jsonl(tmp_path):
     assert y.dtype == torch.float32 and y.tolist() == [[1, 1], [0, 0], [1, 0]]
     js = read_dataset(write(tmp_path, "y.jsonl", '{"text": "a", "label": ["sports"]}\n{"text": "b", "label": []}\n'))
     assert encode_labels(js, label2id, "multilabel").tolist() == [[0, 1], [0, 0]]
-    bad = read_dataset(write(tmp_path, "z.jsonl", '{"text": "a", "label": ["art"]}\n'))
-    msg = error(encode_labels, bad, label2id, "multilabel")
-    assert "'art'" in msg and "z.jsonl, line 1" in msg
+    unseen = Counter()
+    new = read_dataset(write(tmp_path, "z.jsonl", '{"text": "a", "label": ["art"]}\n'))
+    assert encode_labels(new, label2id, "multilabel", unseen).tolist() == [[0, 0, 1]]  # a column after the known
+    assert unseen == {"art": 1}
 
 
 # --- length-bucketed batches ---------------------------------------------------------------------

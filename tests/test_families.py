@@ -218,7 +218,7 @@ def test_config_names_of_each_family_are_translated():
     ({"model_type": "modernbert", "rope_parameters": {"full_attention": {"rope_type": "yarn"}}}, "rope_type='yarn'"),
     ({"model_type": "modernbert", "classifier_pooling": "max"}, "classifier_pooling='max'"),
     ({"model_type": "modernbert", "embedding_dropout": 0.1}, "embedding_dropout"),
-    ({"model_type": "distilbert", "activation": "tanh"}, "hidden_act='tanh'"),
+    ({"model_type": "distilbert", "activation": "tanh"}, "activation='tanh'"),
 ])
 def test_unsupported_family_options_are_named(d, expect):
     with pytest.raises(MiniftError, match=expect.replace("(", r"\(").replace("[", r"\[")):

@@ -1,17 +1,23 @@
 """Properties on arbitrary input (hypothesis): the tokenizer, the data readers (whole and streamed, and
 question answering's SQuAD JSON / JSON Lines), and
-the readers of metrics.jsonl (minift plot) and of an earlier output (--resume-from-output).
+the readers of metrics.jsonl (minift plot) and of an earlier output (--resume-from-output), and a model
+directory's config.json and tokenizer files (loaded, or refused naming the file).
 
 Bounded (60 examples a test) and derandomized, so every run, in CI too, tries the same examples.
 """
 import csv
+import dataclasses
 import io
 import json
+import shutil
 
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from minift.config import FAMILIES, RENAMES, BertConfig, param_count
+from minift.model import Bert
 from minift.data import read_dataset
 from minift.errors import MiniftError
 from minift.plot import read_metrics
@@ -254,3 +260,102 @@ def test_tagged_files_of_malformed_bytes_are_read_or_refused(tmp_path, suffix, l
     assert len(ds.words) > 0 and all(ws and all(w for w in ws) for ws in ds.words)
     if labelled:
         assert [len(t) for t in ds.tags] == [len(w) for w in ds.words]
+
+
+# ---- a model directory's config.json and tokenizer files ----
+
+# Values that are wrong in type or range for most settings, and right for some.
+VALUE = st.one_of(st.none(), st.booleans(), st.integers(-2, 70), st.sampled_from([10 ** 10, 2 ** 63, -10 ** 12]),
+                  st.floats(allow_nan=True, allow_infinity=True), st.sampled_from(["", "gelu", "bert", "0", "x"]),
+                  st.lists(st.sampled_from([0, "a", "full_attention", None]), max_size=3),
+                  st.dictionaries(st.sampled_from(["0", "1", "2", "x", "-1"]), st.sampled_from(["a", "b", 1, None]),
+                                  max_size=3))
+# Every name some family's config.json has for a setting minift reads.
+CONFIG_KEYS = sorted({f.name for f in dataclasses.fields(BertConfig)} | set().union(*map(set, RENAMES.values()))
+                     | {"num_labels", "global_attn_every_n_layers", "rope_parameters", "embedding_dropout",
+                        "norm_bias", "is_decoder", "global_rope_theta"})
+
+
+def copy_model(tiny_dir, tmp_path):
+    d = tmp_path / "m"
+    shutil.rmtree(d, ignore_errors=True)
+    shutil.copytree(tiny_dir, d)
+    return d
+
+
+def load_or_refuse(load, culprit: str):
+    """load() succeeds, or raises a MiniftError naming the culprit file; any other exception fails the test."""
+    try:
+        load()
+    except MiniftError as e:
+        assert culprit in str(e), str(e)
+
+
+@BOUNDED
+@given(family=st.sampled_from(sorted(FAMILIES)), changes=st.dictionaries(st.sampled_from(CONFIG_KEYS), VALUE,
+                                                                        min_size=1, max_size=4))
+def test_config_json_mutations_load_or_are_refused(tiny_dir, tmp_path, family, changes):
+    """A config.json that loads also builds a model that runs; one that does not is refused naming the file."""
+    d = copy_model(tiny_dir, tmp_path)
+    config = {**json.loads((d / "config.json").read_text()), "model_type": family, **changes}
+    (d / "config.json").write_text(json.dumps(config))  # NaN and Infinity as Python's json writes them
+
+    def load_and_run():
+        cfg = BertConfig.from_json(d)
+        if param_count(cfg) > 10 ** 7:  # valid, but too large to build in a test
+            return
+        model = Bert(cfg).eval()
+        ids = torch.arange(min(cfg.vocab_size, 5, cfg.max_tokens)).view(1, -1)
+        h, _ = model(ids, torch.ones_like(ids), torch.zeros_like(ids))
+        assert h.shape == (1, ids.shape[1], cfg.hidden_size)
+    load_or_refuse(load_and_run, str(d / "config.json"))
+
+
+@BOUNDED
+@given(body=st.one_of(st.binary(max_size=200), SYNTAX), cut=st.integers(0, 900))
+def test_config_json_bytes_load_or_are_refused(tiny_dir, tmp_path, body, cut):
+    d = copy_model(tiny_dir, tmp_path)
+    (d / "config.json").write_bytes((d / "config.json").read_bytes()[:cut] + body)
+    load_or_refuse(lambda: BertConfig.from_json(d), str(d / "config.json"))
+
+
+TOKENIZER_KEYS = ["do_lower_case", "strip_accents", "tokenize_chinese_chars", "model_max_length", "pad_token",
+                  "unk_token", "cls_token", "sep_token", "mask_token", "add_prefix_space", "trim_offsets"]
+
+
+@BOUNDED
+@given(changes=st.dictionaries(st.sampled_from(TOKENIZER_KEYS), VALUE, max_size=4),
+       vocab=st.one_of(st.none(), st.binary(max_size=120), st.lists(st.sampled_from(
+           ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "##b", "", " ", "\u2028"]), max_size=8)),
+       as_json=st.booleans())
+def test_tokenizer_file_mutations_load_or_are_refused(tiny_dir, tmp_path, changes, vocab, as_json):
+    """tokenizer_config.json with odd values, and vocab.txt (or tokenizer.json) replaced by odd contents."""
+    d = copy_model(tiny_dir, tmp_path)
+    if as_json:  # the same vocabulary as a tokenizer.json
+        Tokenizer.from_dir(d).save(d)
+    config = {**json.loads((d / "tokenizer_config.json").read_text()), **changes}
+    (d / "tokenizer_config.json").write_text(json.dumps(config))
+    names = ["tokenizer_config.json"]
+    if vocab is not None and not as_json:
+        (d / "vocab.txt").write_bytes(vocab if isinstance(vocab, bytes) else "\n".join(vocab).encode())
+        names.append("vocab.txt")
+    elif vocab is not None:
+        doc = json.loads((d / "tokenizer.json").read_text())
+        doc["model"]["vocab"] = ({t: i for i, t in enumerate(vocab)} if isinstance(vocab, list) else vocab.hex())
+        (d / "tokenizer.json").write_text(json.dumps(doc))
+        names.append("tokenizer.json")
+    try:
+        tok = Tokenizer.from_dir(d)
+        tok.encode(["a b", ""], None, 8)
+        tok.encode_words([["a", "b"]])
+    except MiniftError as e:
+        assert any(str(d / n) in str(e) for n in names), str(e)
+
+
+@BOUNDED
+@given(body=st.one_of(st.binary(max_size=200), SYNTAX), cut=st.integers(0, 3000))
+def test_tokenizer_json_bytes_load_or_are_refused(tiny_dir, tmp_path, body, cut):
+    d = copy_model(tiny_dir, tmp_path)
+    Tokenizer.from_dir(d).save(d)
+    (d / "tokenizer.json").write_bytes((d / "tokenizer.json").read_bytes()[:cut] + body)
+    load_or_refuse(lambda: Tokenizer.from_dir(d), str(d / "tokenizer.json"))

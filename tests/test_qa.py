@@ -16,6 +16,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import string
 import sys
@@ -27,7 +28,7 @@ from safetensors.torch import load_file
 import minift.train_loop
 from minift.cli import main
 from minift.errors import MiniftError
-from minift.predict import evaluate, predict
+from minift.predict import evaluate, load, predict, task_options
 from minift.tasks import TaskOptions
 from minift.tasks.qa import QA, BertQA, best_answers, make_features, squad_metrics
 from minift.tokenizer import Tokenizer
@@ -521,6 +522,26 @@ def test_memorises_a_small_set(memorised):
     config = json.loads((out / "config.json").read_text())
     assert config["architectures"] == ["BertForQuestionAnswering"] and len(config["id2label"]) == 2
     assert json.loads((out / "tokenizer_config.json").read_text())["model_max_length"] == 32
+
+
+def test_windows_default_to_the_training_run_or_to_384_and_128(memorised, tmp_path):
+    """eval and predict cut windows as the model was trained (its run.json: --max-length 32 --doc-stride 8) unless
+    told otherwise; a directory minift did not train gets the documented 384 / 128, not the tokenizer's 512."""
+    out, rows, data = memorised
+    as_trained = evaluate(out, data, squad_v2=True, precision="fp32", device="cpu")
+    assert as_trained == evaluate(out, data, doc_stride=8, max_length=32, squad_v2=True, precision="fp32", device="cpu")
+    assert as_trained["exact"] == 100.0
+    foreign = tmp_path / "foreign"
+    shutil.copytree(out, foreign, ignore=shutil.ignore_patterns("run.json", "metrics.jsonl", "checkpoint.safetensors"))
+    config = json.loads((foreign / "tokenizer_config.json").read_text())
+    (foreign / "tokenizer_config.json").write_text(json.dumps({**config, "model_max_length": 512}))
+    _, tok, _ = load(foreign, "cpu")
+    assert tok.model_max_length == 384
+    opts = task_options({"squad_v2": True}, QA(), foreign)
+    assert opts.doc_stride is None
+    with pytest.raises(MiniftError, match="--doc-stride 128: must be less than"):  # 128 does not fit 32 tokens
+        make_features(QA().read(data, opts), tok, 32, opts)
+    assert task_options({}, QA(), out).doc_stride == 8
 
 
 def test_saved_model_gives_the_same_logits_in_transformers(memorised):

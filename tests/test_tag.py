@@ -313,13 +313,19 @@ def test_bad_training_files_are_refused_before_writing(tiny_dir, tmp_path, name,
         assert not (tmp_path / "out").exists()
 
 
-def test_dev_tag_unseen_in_training_names_file_and_line(tiny_dir, tmp_path):
+def test_dev_tag_unseen_in_training_is_scored_wrong_and_reported(tiny_dir, tmp_path):
     good = write_conll(tmp_path / "train.conll", [(["the", "movie"], ["O", "B-PER"])])
     dev = write_conll(tmp_path / "dev.conll", [(["the", "movie"], ["O", "B-PER"]), (["fun"], ["B-LOC"])])
-    with pytest.raises(MiniftError, match=r"dev.conll, line 4: tag 'B-LOC' never occurs in the training set "
-                                          r"\(known tags: B-PER, O\)"):
-        train(tiny_dir, good, tmp_path / "out", eval=dev, log=io.StringIO(), task="tag", **FAST)
-    assert not (tmp_path / "out").exists()
+    row = train(tiny_dir, good, tmp_path / "out", eval=dev, log=io.StringIO(), task="tag", max_steps=1, **FAST)
+    assert row["dev_unseen_labels"] == {"B-LOC": 1}
+    words = predict(tmp_path / "out", ["the movie", "fun"], device="cpu", precision="fp32")
+    tags = [w["tag"] for p in words for w in p["words"]]
+    right = sum(t == g for t, g in zip(tags, ["O", "B-PER", "B-LOC"]))  # B-LOC is never predicted
+    assert row["dev_accuracy"] == pytest.approx(right / 3, abs=1e-6)
+    # the entity B-LOC is in the gold set: recall counts it as missed
+    gold_entities = 2
+    assert row["dev_recall"] == pytest.approx((tags[1] == "B-PER") / gold_entities, abs=1e-6)
+    shutil.rmtree(tmp_path / "out")
     # scoring entities needs chunk tags
     pos = tmp_path / "pos.txt"
     pos.write_text("the/DT movie/NN\n")

@@ -504,13 +504,19 @@ def test_multilabel_regression_and_pairs(base_dir, tmp_path):
     assert set(predict(tmp_path / "multilabel", ["good film"], device="cpu")[0]) == {"labels", "probs"}
 
 
-def test_dev_label_unseen_in_training(tiny_dir, tmp_path):
+def test_dev_label_unseen_in_training_is_scored_wrong_and_reported(tiny_dir, tmp_path):
     tr = write_csv(tmp_path / "train.csv", 9)
     dev = write_csv(tmp_path / "dev.csv", 4, labels=("negative", "surprised"))
     out = tmp_path / "out"
-    with pytest.raises(MiniftError, match="'surprised' never occurs in the training set"):
-        train(tiny_dir, tr, out, eval=dev, max_steps=1, log=io.StringIO(), **FAST)
-    assert not out.exists()
+    row = train(tiny_dir, tr, out, eval=dev, max_steps=1, log=io.StringIO(), **FAST)
+    assert row["dev_unseen_labels"] == {"surprised": 2}
+    with open(dev, newline="") as f:
+        gold = [(r["text"], r["label"]) for r in csv.DictReader(f)]
+    pred = predict(out, [t for t, _ in gold], device="cpu", precision="fp32")
+    right = sum(p["label"] == label for p, (_, label) in zip(pred, gold))  # "surprised" is never predicted
+    assert row["dev_accuracy"] == pytest.approx(right / 4, abs=1e-6)
+    result = evaluate(out, dev, device="cpu", precision="fp32")
+    assert result["unseen_labels"] == {"surprised": 2} and result["accuracy"] == pytest.approx(right / 4, abs=1e-6)
 
 
 # ---- 9. bad options ----

@@ -37,7 +37,7 @@ class TaskOptions:
     text_column: str = "text"
     text_pair_column: str | None = None
     label_column: str = "label"
-    doc_stride: int = 128
+    doc_stride: int | None = None  # None: what the model was trained with (its run.json), else qa.DOC_STRIDE
     max_answer_length: int = 30
     null_threshold: float = 0.0
     squad_v2: bool = False

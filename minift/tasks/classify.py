@@ -7,7 +7,8 @@ The three kinds differ only in how labels are read and scored:
   regression  one number per text; mean squared error; MSE, Pearson correlation
 """
 import math
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
@@ -124,6 +125,8 @@ class Features:
     ids: list[list[int]]  # [CLS] text [SEP] (pair [SEP]) token ids, unpadded
     types: list[list[int]]
     labels: torch.Tensor | None  # [n] long, [n, C] float multi-hot, or [n] float; None when unlabelled
+    # Gold labels the model does not know -> how often they occur; they have the ids (columns) after the model's.
+    unseen: dict[str, int] = field(default_factory=dict)
 
 
 class Classify:
@@ -144,6 +147,7 @@ class Classify:
 
     def label_names(self, train: Dataset) -> dict[int, str]:
         """id2label from the training labels; regression has one output, called score."""
+        check_kinds(train, self.name)
         try:
             label2id = label_map(train.labels, self.name)
         except MiniftError as e:  # label_map sees values only: name the file they came from
@@ -155,8 +159,9 @@ class Classify:
         ids, types = tok.encode(ds.texts, ds.pairs, max_length)
         if ds.labels is not None and self.name != "regression" and not config.id2label:
             raise MiniftError(f"{ds.path}: the model's config.json has no id2label, so its labels cannot be matched")
-        labels = encode_labels(ds, config.label2id, self.name) if ds.labels is not None else None
-        return Features(ids, types, labels)
+        unseen = Counter()
+        labels = encode_labels(ds, config.label2id, self.name, unseen) if ds.labels is not None else None
+        return Features(ids, types, labels, dict(unseen))
 
     def batch(self, f: Features, idx: list[int], pad_id: int) -> dict:
         from minift.tokenizer import Tokenizer
@@ -170,7 +175,8 @@ class Classify:
 
     # ---- scoring and output ----
     def score(self, outputs: list[torch.Tensor], f: Features) -> dict[str, float]:
-        return metrics(torch.stack(outputs), f.labels, self.name)
+        """The metrics; gold labels the model does not know count as wrong answers, and are reported."""
+        return {**metrics(torch.stack(outputs), f.labels, self.name), **unseen_labels(f.unseen)}
 
     def decode(self, outputs: list[torch.Tensor], f: Features, ds: Dataset, config: BertConfig) -> list[dict]:
         """Per text: {"label": name, "probs": {name: p}} (classify), {"labels": [...], "probs": ...}
@@ -188,22 +194,32 @@ class Classify:
                 for row in probs]
 
 
+def unseen_labels(unseen: dict[str, int]) -> dict:
+    """What score adds for gold labels (or tags) the model does not know: {"unseen_labels": {name: count}}."""
+    return {"unseen_labels": dict(sorted(unseen.items()))} if unseen else {}
+
+
 def metrics(logits: torch.Tensor, labels: torch.Tensor, task: str) -> dict[str, float]:
-    """classify: loss, accuracy, macro_f1; multilabel: loss, accuracy (exact set), macro_f1; regression: mse, pearson."""
+    """classify: loss, accuracy, macro_f1; multilabel: loss, accuracy (exact set), macro_f1; regression: mse, pearson.
+
+    Gold labels the model does not know have the ids (multilabel: the columns) after the model's C classes: never
+    predicted, they are wrong answers, and classes of F1 0 in the macro average; the loss leaves them out."""
     if task == "regression":
         pred = logits.squeeze(-1)
         mse = F.mse_loss(pred, labels).item()
         pearson = torch.corrcoef(torch.stack([pred, labels]))[0, 1].item() if len(labels) > 1 else math.nan
         return {"mse": mse, "pearson": pearson}
+    C = logits.shape[1]
     if task == "multilabel":
-        loss = F.binary_cross_entropy_with_logits(logits, labels).item()
-        pred, gold = logits > 0, labels > 0.5
+        loss = F.binary_cross_entropy_with_logits(logits, labels[:, :C]).item()
+        pred, gold = F.pad(logits > 0, (0, labels.shape[1] - C)), labels > 0.5
         acc = (pred == gold).all(1).float().mean().item()
     else:
-        loss = F.cross_entropy(logits, labels).item()
+        known = labels < C
+        loss = F.cross_entropy(logits[known], labels[known]).item() if known.any() else math.nan
         pred = logits.argmax(1)
         acc = (pred == labels).float().mean().item()
-        n = logits.shape[1]
+        n = max(C, int(labels.max()) + 1 if len(labels) else 0)
         pred, gold = F.one_hot(pred, n).bool(), F.one_hot(labels, n).bool()
     # Macro-F1: the F1 of each class (one-vs-rest), averaged with equal weight per class.
     tp = (pred & gold).sum(0).float()
@@ -217,6 +233,16 @@ def metrics(logits: torch.Tensor, labels: torch.Tensor, task: str) -> dict[str, 
 
 def _missing(value):
     return value is None or (isinstance(value, str) and not value.strip())
+
+
+def check_kinds(ds: Dataset, task: str):
+    """A list or object where classify expects one label, named with its line (label_map sees values only)."""
+    for v, line in zip(ds.labels, ds.lines):
+        if task == "classify" and isinstance(v, (list, dict)):
+            try:
+                _class_name(v)
+            except MiniftError as e:
+                raise MiniftError(f"{ds.path}, line {line}: {e}") from None
 
 
 def _class_name(value):
@@ -255,7 +281,11 @@ def label_map(labels: list, task: str) -> dict[str, int]:
     return {n: i for i, n in enumerate(order)}
 
 
-def encode_labels(ds: Dataset, label2id: dict, task: str) -> torch.Tensor:
+def encode_labels(ds: Dataset, label2id: dict, task: str, unseen: Counter | None = None) -> torch.Tensor:
+    """The labels as the model's ids; a label the model does not know gets an id after the model's (the next
+    free one, per name, in the order first met) and is counted in `unseen`."""
+    unseen = Counter() if unseen is None else unseen
+    check_kinds(ds, task)
     def fail(i, what):
         raise MiniftError(f"{ds.path}, line {ds.lines[i]}: {what}")
 
@@ -271,23 +301,28 @@ def encode_labels(ds: Dataset, label2id: dict, task: str) -> torch.Tensor:
             out.append(x)
         return torch.tensor(out, dtype=torch.float32)
 
-    known = ", ".join(map(repr, label2id))
+    extra = {}  # unseen label -> its id after the model's
+
+    def label_id(i, name):
+        if name in label2id:
+            return label2id[name]
+        unseen[name] += 1
+        return extra.setdefault(name, len(label2id) + len(extra))
+
     if task == "multilabel":
-        out = torch.zeros(len(ds.labels), len(label2id))
+        rows = []
         for i, v in enumerate(ds.labels):
             if v is None:
                 fail(i, "the label is null; use [] (or an empty string in CSV) for an example with no labels.")
-            for n in _label_names(v):
-                if n not in label2id:
-                    fail(i, f"label {n!r} never occurs in the training set (known labels: {known}).")
-                out[i, label2id[n]] = 1.0
+            rows.append([label_id(i, n) for n in _label_names(v)])
+        out = torch.zeros(len(ds.labels), len(label2id) + len(extra))
+        for i, row in enumerate(rows):
+            out[i, row] = 1.0
         return out
 
     ids = []
     for i, v in enumerate(ds.labels):
         if _missing(v):
             fail(i, "the label is missing; every example needs a label (drop the row or fill it in).")
-        if _class_name(v) not in label2id:
-            fail(i, f"label {_class_name(v)!r} never occurs in the training set (known labels: {known}).")
-        ids.append(label2id[_class_name(v)])
+        ids.append(label_id(i, _class_name(v)))
     return torch.tensor(ids, dtype=torch.long)

@@ -161,10 +161,7 @@ class MaskedLM:
         if tok.mask_id is None:
             raise MiniftError(f"the tokenizer has no mask token ({tok.specials['mask']!r} is not in its vocabulary; "
                               "tokenizer_config.json's mask_token names it)")
-        tokens = tok.tokens()
-        if len(tokens) > config.vocab_size:
-            raise MiniftError(f"the tokenizer's ids go up to {len(tokens) - 1} but the model has {config.vocab_size} "
-                              "(vocab_size in config.json): they do not belong together")
+        tokens = tok.tokens()  # (no more than config.vocab_size: BertConfig.check_tokenizer)
         f = Features([], ds.draw_masks, opts.whole_word_mask, tok.mask_id, specials, tok.continues_word(), tokens)
         if not ds.draw_masks or opts.no_pack:  # one text per sequence, truncated
             f.ids = tok.encode(ds.texts, None, max_length)[0]

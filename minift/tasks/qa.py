@@ -26,6 +26,7 @@ from minift.errors import MiniftError
 from minift.model import Bert, PredictionHead, init_weights
 
 N_BEST = 20  # start and end candidates per window, as Hugging Face's run_qa.py and the original BERT
+DOC_STRIDE = 128  # with windows of 384 tokens (QA.default_max_length): SQuAD's usual, and transformers' pipeline's
 
 
 class BertQA(nn.Module):
@@ -250,9 +251,13 @@ def answer_tokens(offsets, char_start: int, char_end: int) -> tuple[int, int] | 
     return start, end
 
 
+def doc_stride(opts) -> int:
+    return DOC_STRIDE if opts.doc_stride is None else opts.doc_stride
+
+
 def check_options(opts):
     for name, least in (("doc_stride", 0), ("max_answer_length", 1)):
-        v = getattr(opts, name)
+        v = doc_stride(opts) if name == "doc_stride" else getattr(opts, name)
         if isinstance(v, bool) or not isinstance(v, int) or v < least:
             raise MiniftError(f"--{name.replace('_', '-')} {v}: expected a whole number >= {least}")
     if not math.isfinite(opts.null_threshold):
@@ -278,12 +283,12 @@ def make_features(ds: Examples, tok, max_length: int, opts) -> Features:
         if room < 1:
             raise MiniftError(f"{ds.path}, {ds.where[i]}: the question is {len(q)} tokens, which leaves no room for "
                               f"the context in --max-length {max_length}")
-        if len(context) > room and opts.doc_stride >= room:
-            raise MiniftError(f"--doc-stride {opts.doc_stride}: must be less than the {room} context tokens a window "
+        if len(context) > room and doc_stride(opts) >= room:
+            raise MiniftError(f"--doc-stride {doc_stride(opts)}: must be less than the {room} context tokens a window "
                               f"holds for {ds.where[i]} of {ds.path} (--max-length less the question and "
                               f"{tok.n_specials(pair=True)} special tokens)")
         gold = ds.answers[i][0] if ds.answers is not None and ds.answers[i] else None  # train on the first answer
-        for s in window_starts(len(context), room, opts.doc_stride):
+        for s in window_starts(len(context), room, doc_stride(opts)):
             part = context[s:s + room]
             ids, types = tok.with_specials(q, part)
             f.ids.append(ids)

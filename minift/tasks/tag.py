@@ -19,8 +19,10 @@ B-/I-/E-/S-TYPE), entity precision, recall and F1 (exact span and type) as seqev
 scores them.
 """
 import json
+import math
 import re
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -30,6 +32,7 @@ import torch.nn.functional as F
 from minift.config import BertConfig
 from minift.errors import MiniftError
 from minift.model import Bert, Dropout, PredictionHead, init_weights
+from minift.tasks.classify import unseen_labels
 
 FORMATS = {".conll": "conll", ".iob": "conll", ".bio": "conll", ".jsonl": "jsonl", ".ndjson": "jsonl",
            ".txt": "wordtag"}
@@ -240,6 +243,8 @@ class Features:
     n_words: list[int]  # per sentence
     gold: list[list[int]] | None  # per sentence, per word: the tag id
     names: list[str]  # tag id -> tag
+    # Gold tags the model does not know -> how often they occur; their ids come after the model's (in `unseen`'s order)
+    unseen: dict[str, int] = field(default_factory=dict)
 
 
 class Tag:
@@ -269,10 +274,16 @@ class Tag:
             raise MiniftError(f"--metric {opts.metric}: the tags ({', '.join(names[:8])}{' ...' * (len(names) > 8)}) "
                               "follow no chunk scheme (O and B-/I-/E-/S-TYPE), so there are no entities to score; "
                               "use --metric accuracy")
-        gold = tag_ids(ds, names) if ds.tags is not None else None
+        unseen = Counter()
+        gold = tag_ids(ds, names, unseen) if ds.tags is not None else None
         budget = max_length - tok.n_specials(pair=False)  # [CLS] and [SEP]
+        if budget < 1:
+            raise MiniftError(f"--max-length {max_length}: leaves no room for a word beside the "
+                              f"{tok.n_specials(pair=False)} special tokens; a tagger needs at least "
+                              f"{tok.n_specials(pair=False) + 1}")
         lead = [piece for piece, _ in tok.single].index("A")  # special tokens before the text: [CLS]
-        f = Features([], [], [] if gold is not None else None, [], [], [len(w) for w in ds.words], gold, names)
+        f = Features([], [], [] if gold is not None else None, [], [], [len(w) for w in ds.words], gold, names,
+                     dict(unseen))
         split = []  # windows per sentence that needed more than one
         for s, pieces in enumerate(tok.encode_words(ds.words)):
             pieces = [p[:budget] for p in pieces]  # a word longer than a window keeps its first pieces
@@ -291,8 +302,8 @@ class Tag:
                 f.owned.append(owned)
                 if gold is not None:
                     labels = [IGNORE] * len(ids)
-                    for pos, w in owned:
-                        labels[pos] = gold[s][w]
+                    for pos, w in owned:  # (a tag the model does not know has nothing to learn from)
+                        labels[pos] = gold[s][w] if gold[s][w] < len(names) else IGNORE
                     f.labels.append(labels)
         if split and log is not None:
             print(f"{ds.path}: {len(split)} of {len(ds.words)} sentences are longer than {max_length} tokens; "
@@ -314,15 +325,19 @@ class Tag:
 
     # ---- scoring and output ----
     def score(self, outputs: list[torch.Tensor], f: Features) -> dict[str, float]:
+        """Word accuracy and loss (and entity scores); a gold tag the model does not know is a wrong answer, left
+        out of the loss, and reported in "unseen_labels"."""
         logits = word_logits(outputs, f)
         gold = torch.tensor([t for tags in f.gold for t in tags])
         flat = torch.cat(logits)  # [all words, C]
+        known = gold < len(f.names)
         result = {"accuracy": (flat.argmax(1) == gold).float().mean().item(),
-                  "loss": F.cross_entropy(flat, gold).item()}
+                  "loss": F.cross_entropy(flat[known], gold[known]).item() if known.any() else math.nan}
         if is_chunked(f.names):
             pred = [[f.names[i] for i in x.argmax(1).tolist()] for x in logits]
-            result.update(entity_scores([[f.names[i] for i in tags] for tags in f.gold], pred))
-        return result
+            names = f.names + list(f.unseen)
+            result.update(entity_scores([[names[i] for i in tags] for tags in f.gold], pred))
+        return {**result, **unseen_labels(f.unseen)}
 
     def decode(self, outputs: list[torch.Tensor], f: Features, ds: Sentences, config: BertConfig) -> list[dict]:
         """Per sentence: {"words": [{"word", "tag", "start", "end"}]}, and with chunk tags "entities":
@@ -340,15 +355,19 @@ class Tag:
         return rows
 
 
-def tag_ids(ds: Sentences, names: list[str]) -> list[list[int]]:
+def tag_ids(ds: Sentences, names: list[str], unseen: Counter) -> list[list[int]]:
+    """The tags as the model's ids; a tag the model does not know gets an id after the model's (per tag, in the
+    order first met) and is counted in `unseen`."""
     if not names:
         raise MiniftError(f"{ds.path}: the model's config.json has no id2label, so its tags cannot be matched")
     tag2id = {t: i for i, t in enumerate(names)}
-    for tags, lines in zip(ds.tags, ds.lines):
-        for t, n in zip(tags, lines):
+    for tags in ds.tags:
+        for t in tags:
             if t not in tag2id:
-                raise MiniftError(f"{ds.path}, line {n}: tag {t!r} never occurs in the training set "
-                                  f"(known tags: {', '.join(names)})")
+                unseen[t] += 1
+                tag2id[t] = len(tag2id)
+            elif tag2id[t] >= len(names):
+                unseen[t] += 1
     return [[tag2id[t] for t in tags] for tags in ds.tags]
 
 
