@@ -286,31 +286,6 @@ class Tokenizer:
                    self.with_specials(a[:room]) for a, b, pair in zip(firsts, seconds, pairs)]
         return [ids for ids, _ in out], [types for _, types in out]
 
-    def encode_aligned(self, texts, pairs=None, max_length=512) -> list[dict]:
-        """encode, with what tagging and question answering need to map tokens back to the text: per text a dict
-        of input_ids, token_type_ids, offsets ((start, end) characters in its own text; (0, 0) for special
-        tokens), word_ids and sequence_ids (0 first text, 1 second, None special), as transformers' fast
-        tokenizers give them."""
-        room, pair_room = self._check(texts, pairs, max_length)
-        firsts = self._tok.encode_batch(texts, add_special_tokens=False)
-        seconds = self._tok.encode_batch(pairs, add_special_tokens=False) if pairs is not None else [None] * len(texts)
-        out = []
-        for ea, eb, pair in zip(firsts, seconds, pairs or [""] * len(texts)):
-            n_a, n_b = map(len, _longest_first(ea.ids, eb.ids, pair_room)) if pair else (min(len(ea), room), 0)
-            sides = {"A": (ea, n_a, 0), "B": (eb, n_b, 1)}
-            row = {"input_ids": [], "token_type_ids": [], "offsets": [], "word_ids": [], "sequence_ids": []}
-            for piece, t in self.pair if pair else self.single:
-                if isinstance(piece, int):
-                    cols = ([piece], [t], [(0, 0)], [None], [None])
-                else:
-                    e, n, seq = sides[piece]
-                    # (offsets come trimmed of spaces where the post-processor trims, with or without specials)
-                    cols = (e.ids[:n], [t] * n, e.offsets[:n], e.word_ids[:n], [seq] * n)
-                for key, col in zip(row, cols):
-                    row[key] += col
-            out.append(row)
-        return out
-
     def encode_offsets(self, texts):
         """(ids, offsets) per text, without [CLS]/[SEP]: the token ids and each token's (start, end)
         character span in the text, so that a span of tokens maps back to the exact substring."""
