@@ -145,7 +145,7 @@ def add_force(parser):
 
 def add_quantize(parser):
     parser.add_argument("--quantize", choices=["int8"], help="int8: int8 matmul weights per output channel, "
-                        "activations quantised per batch; CPU only, inference only (see README)")
+                        "activations quantised per batch; CPU only, inference only (docs/operating.md)")
 
 
 def add_allow_pickle(parser):

@@ -48,7 +48,7 @@ class Dropout(nn.Dropout):
 
 
 # Where SDPA's fused CPU kernel beat the written-out formula in inference (no dropout), by CPU class and
-# dtype (bench/kernel_choices.py, bench/README.md). Training always writes it out on a CPU: SDPA has no fused
+# dtype (bench/kernel_choices.py; its tables in docs/measurements.md). Training always writes it out on a CPU: SDPA has no fused
 # CPU kernel with dropout.
 SDPA_CPU_INFERENCE = {"AMX": (torch.float32, torch.bfloat16)}
 
@@ -73,8 +73,8 @@ def attention(q, k, v, mask, p_drop: float, sdpa: bool | None = None):
 
     GPUs take SDPA's fused kernels. On CPU the same formula written out is faster for BERT's
     short sequences in training: SDPA's fused CPU kernel has no dropout, and its fallback does more
-    passes over the [B, nh, Tq, T] scores (bench/README.md). In inference the choice is by CPU class
-    (SDPA_CPU_INFERENCE); sdpa=True or False forces a path. tests/ check the two paths agree."""
+    passes over the [B, nh, Tq, T] scores (bench/kernel_choices.py; docs/measurements.md). In inference
+    the choice is by CPU class (SDPA_CPU_INFERENCE); sdpa=True or False forces a path. tests/ check the two paths agree."""
     if sdpa is None:
         sdpa = q.is_cuda or (p_drop == 0 and q.dtype in SDPA_CPU_INFERENCE.get(CPU_CLASS, ()))
     if sdpa:

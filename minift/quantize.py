@@ -3,7 +3,7 @@ batch's activations quantised on the fly (dynamic quantisation), the product acc
 
 A CPU feature. It runs on PyTorch's quantized::linear_dynamic kernel: oneDNN on CPUs with AMX int8
 tiles, FBGEMM (AVX2 / AVX-512) elsewhere. PyTorch has deprecated the quantized tensor types that
-kernel's weights are packed from (torch.quantize_per_channel, see README); where a PyTorch no longer
+kernel's weights are packed from (torch.quantize_per_channel; docs/operating.md, int8 inference); where a PyTorch no longer
 has them, quantize() says so instead of failing deep inside a forward pass.
 Embeddings, LayerNorms, attention, pooler and classifier stay fp32: they are a small part of the
 work, and the pooler and classifier read only B rows.
@@ -55,7 +55,7 @@ class Int8Linear(nn.Module):
         before = torch.backends.quantized.engine
         torch.backends.quantized.engine = engine_name  # prepack lays the weights out for this engine's kernel
         try:
-            with warnings.catch_warnings():  # the deprecation, said once in README rather than on every run
+            with warnings.catch_warnings():  # the deprecation, said once in docs/operating.md rather than on every run
                 warnings.simplefilter("ignore")
                 qw = torch.quantize_per_channel(w, scale, torch.zeros_like(scale, dtype=torch.long), 0, torch.qint8)
             bias = None if linear.bias is None else linear.bias.detach().float()
