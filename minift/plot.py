@@ -30,26 +30,20 @@ def read_metrics(run) -> list[dict]:
     rows = []
     for n, line in enumerate(lines, 1):
         try:
-            row = json.loads(line, parse_constant=not_json)
+            row = json.loads(line)
         except json.JSONDecodeError as e:
             raise MiniftError(f"{file}, line {n}: not a JSON line ({e.msg}); expected a row that train writes") from None
-        except ValueError as e:  # NaN or Infinity: a curve cannot be drawn through it
-            raise MiniftError(f"{file}, line {n}: {e}; train writes a number that is not finite as null") from None
         if not isinstance(row, dict) or not isinstance(row.get("step"), int):
             raise MiniftError(f"{file}, line {n}: expected a JSON object with a whole-number \"step\"")
         odd = next((k for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)), None)
-        if odd is not None:  # Python's json reads NaN and Infinity, which no curve can draw
-            raise MiniftError(f"{file}, line {n}: \"{odd}\" is {row[odd]}, not a finite number; write null there "
-                              "to leave that point out")
+        if odd is not None:  # Python's json reads NaN, Infinity and 1e999, which no curve can draw
+            raise MiniftError(f"{file}, line {n}: \"{odd}\" is {row[odd]}, not a finite number; train writes one "
+                              "as null, which leaves the point out")
         rows.append(row)
     if not rows:
         raise MiniftError(f"{run}: no metrics yet; a run writes a line to metrics.jsonl after each evaluation "
                           "(every epoch, and where --max-steps stops it)")
     return rows
-
-
-def not_json(constant: str):
-    raise ValueError(f"{constant} is not a number JSON has (not finite)")
 
 
 def panels(runs: dict[str, list[dict]]) -> list[str]:

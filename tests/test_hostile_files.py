@@ -175,7 +175,7 @@ CASES = {
     "plot-output-dir-missing": (lambda t, n: ["plot", t / "run", "--output", t / "nowhere" / "c.png"],
                                 "does not exist"),
     "plot-a-non-finite-metric": (lambda t, n: ["plot", t / "nan-run", "--output", n.parent / "c.png"],
-                                 "metrics.jsonl, line 2: NaN"),
+                                 "metrics.jsonl, line 2"),
     "plot-output-read-only": (lambda t, n: ["plot", t / "run", "--output", t / "ro" / "c.png"], "--output"),
     "tag-output-exists": (lambda t, n: tag_(t, t / "outs" / "pred.jsonl"), "--output"),
     "tag-output-is-input": (lambda t, n: tag_(t, t / "data" / "tags.conll", "--force"), "which this command reads"),
