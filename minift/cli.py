@@ -12,7 +12,8 @@ TRAIN_HELP = {
     "task": "classify (one label per text), multilabel (labels separated by | in CSV/TSV, or a JSON list), "
             "regression (a number), qa (extractive question answering on SQuAD .json/.jsonl), mlm (masked-LM "
             "adaptation on unlabelled text: .txt, one text per line, or the text column), tag (a tag per word: "
-            "part of speech, named entities); each is a file in minift/tasks/",
+            "part of speech, named entities), embed (sentence embeddings from pairs, hard negatives or scored "
+            "pairs: see docs/embeddings.md); each is a file in minift/tasks/",
     "text_column": "column holding the text", "text_pair_column": "column holding the second text of a pair",
     "label_column": "column holding the label",
     "doc_stride": "qa: tokens by which a long context's windows overlap",
@@ -24,6 +25,13 @@ TRAIN_HELP = {
     "no_pack": "mlm: one text per sequence (truncated) instead of packing the texts into --max-length sequences",
     "format": "tag: conll (token ... tag per line), jsonl ({\"tokens\": [...], \"tags\": [...]}) or wordtag "
               "(word/TAG sentences); default by extension: .conll conll, .jsonl jsonl, .txt wordtag",
+    "pooling": "embed: mean, cls or max (default: as the model directory's sentence-transformers files say, else mean)",
+    "scale": "embed: cosine similarities are multiplied by this before the softmax (1 / temperature)",
+    "symmetric": "embed: also rank each positive against every anchor of the batch (averaged with the forward loss)",
+    "matryoshka": "embed: sum the loss over these leading dimensions, e.g. 384,256,128,64, so that embeddings can be "
+                  "truncated to them",
+    "mini_batch": "embed: the gradient cache: embed a batch this many texts at a time, so a large --batch-size "
+                  "(in-batch negatives) fits in memory; trains as the whole batch at once would",
     "epochs": "passes over the training set", "max_steps": "stop after this many optimizer steps (overrides --epochs)",
     "lr": "peak learning rate of AdamW (default by mode: full 5e-5, top-N 1e-4, lora 5e-4, head 1e-3)", "batch_size": "examples per micro-batch",
     "grad_accum": "micro-batches accumulated into one optimizer step",
@@ -42,7 +50,8 @@ TRAIN_HELP = {
     "device": "auto (cuda if available), cpu, cuda, cuda:N",
     "metric": "dev metric that picks the kept model: accuracy (default), macro_f1, loss; mse, pearson for regression; "
               "f1, exact, loss for qa; loss (default), accuracy, perplexity for mlm; tag: accuracy (default), "
-              "loss, and f1, precision, recall when the tags are chunk tags (B-/I-/E-/S-, O)",
+              "loss, and f1, precision, recall when the tags are chunk tags (B-/I-/E-/S-, O); embed: ndcg@10 "
+              "(default), mrr@10, recall@1, recall@10 for pairs, spearman (default), pearson for scored pairs",
     "seed": "seed for initialisation, dropout and data order",
 }
 
@@ -118,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_fields(parser, dataclass, skip=()):
     """One --flag per field of a settings dataclass (RunConfig, TaskOptions), typed by its default."""
-    types = {"max_steps": int, "lr": float, "max_length": int}  # fields whose default None says nothing of the type
+    types = {"max_steps": int, "lr": float, "max_length": int, "mini_batch": int}  # fields whose default None says nothing of the type
     for field in dataclasses.fields(dataclass):
         if field.name in skip:
             continue

@@ -43,7 +43,8 @@ from minift.train_step import (make_loss_fn, make_optimizer, make_schedule, pick
 DEFAULT_LR = {"full": 5e-5, "top": 1e-4, "lora": 5e-4, "head": 1e-3}
 # Everything a run writes into --out.
 RUN_FILES = ("config.json", "model.safetensors", "tokenizer.json", "vocab.txt", "tokenizer_config.json",
-             "special_tokens_map.json", "run.json", "metrics.jsonl", "checkpoint.safetensors")
+             "special_tokens_map.json", "run.json", "metrics.jsonl", "checkpoint.safetensors",
+             "modules.json", "sentence_bert_config.json", "1_Pooling/config.json")  # (embed's)
 # Metrics where lower is better; for the others higher is better.
 LOWER_IS_BETTER = ("loss", "mse", "perplexity")
 

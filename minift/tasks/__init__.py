@@ -25,6 +25,7 @@ from dataclasses import dataclass, fields
 from minift.config import bert_architecture
 from minift.errors import MiniftError
 from minift.tasks.classify import Classify
+from minift.tasks.embed import Embed
 from minift.tasks.qa import QA
 from minift.tasks.mlm import MaskedLM
 from minift.tasks.tag import Tag
@@ -44,11 +45,17 @@ class TaskOptions:
     whole_word_mask: bool = False
     no_pack: bool = False
     format: str | None = None  # conll, jsonl or wordtag; None: by the file's extension
+    pooling: str | None = None  # mean, cls or max; None: as the model directory's sentence-transformers files say
+    scale: float = 20.0
+    symmetric: bool = False
+    matryoshka: str | None = None  # leading dimensions, e.g. "384,256,128,64"
+    mini_batch: int | None = None
 
 
 # The settings only one task reads. Given for another task they would change nothing, silently.
 OWNER = {"doc_stride": "qa", "max_answer_length": "qa", "null_threshold": "qa", "squad_v2": "qa",
-         "whole_word_mask": "mlm", "no_pack": "mlm", "format": "tag"}
+         "whole_word_mask": "mlm", "no_pack": "mlm", "format": "tag", "pooling": "embed", "scale": "embed",
+         "symmetric": "embed", "matryoshka": "embed", "mini_batch": "embed"}
 
 
 def check_options(task, opts: TaskOptions):
@@ -64,6 +71,7 @@ TASKS = {name: Classify(name) for name in ("classify", "multilabel", "regression
 TASKS["qa"] = QA()
 TASKS["mlm"] = MaskedLM()
 TASKS["tag"] = Tag()
+TASKS["embed"] = Embed()
 
 
 def get(name: str):
