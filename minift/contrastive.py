@@ -50,14 +50,14 @@ def ranking_loss(emb, ids, scale: float, symmetric: bool = False):
 
 def cosent_loss(emb, scores, scale: float):
     """emb [2, B, H]; scores [B]: any range, only their order counts."""
-    s = scale * (F.normalize(emb[0].float(), dim=-1) * F.normalize(emb[1].float(), dim=-1)).sum(-1)  # [B]
+    s = scale * (F.normalize(emb[0], dim=-1) * F.normalize(emb[1], dim=-1)).sum(-1)  # [B]
     diff = (s[None, :] - s[:, None]).masked_fill(~(scores[:, None] > scores[None, :]), float("-inf"))  # [i, j]: s_j - s_i
     return torch.logsumexp(torch.cat([diff.new_zeros(1), diff.flatten()]), 0)
 
 
 def embedding_loss(emb, targets, spec: LossSpec):
     """The loss of one batch: emb [k, B, H]; targets: text ids [k, B] (long) or scores [B] (float)."""
-    emb = emb.float()  # losses in fp32 even under autocast
+    emb = emb.to(torch.promote_types(emb.dtype, torch.float32))  # losses in fp32 at least, even under autocast
 
     def one(e):
         if targets.is_floating_point():

@@ -81,10 +81,11 @@ class SentenceEncoder(nn.Module):
     @classmethod
     def from_pretrained(cls, path, allow_pickle: bool = False, id2label=None, problem_type=None,
                         new_head: bool = False) -> "SentenceEncoder":
-        """The encoder of a model directory (any head left behind), pooled as its sentence-transformers files
-        say (mean and L2-normalised without them)."""
+        """The encoder of a model directory, whatever head it has left behind (id2label, problem_type and
+        new_head are the task protocol's, for heads: none here), pooled as its sentence-transformers files say
+        (mean and L2-normalised without them)."""
         from minift.checkpoint import load_pretrained
-        model = load_pretrained(cls, path, allow_pickle=allow_pickle, new_head=new_head)
+        model = load_pretrained(cls, path, allow_pickle=allow_pickle, new_head=True)
         model.pooling = read_pooling(path)
         return model
 
