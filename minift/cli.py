@@ -13,7 +13,8 @@ TRAIN_HELP = {
             "regression (a number), qa (extractive question answering on SQuAD .json/.jsonl), mlm (masked-LM "
             "adaptation on unlabelled text: .txt, one text per line, or the text column), tag (a tag per word: "
             "part of speech, named entities), embed (sentence embeddings from pairs, hard negatives or scored "
-            "pairs: see docs/embeddings.md); each is a file in minift/tasks/",
+            "pairs), rerank (a cross-encoder on query, passage, label rows): see docs/embeddings.md; each is a file "
+            "in minift/tasks/",
     "text_column": "column holding the text", "text_pair_column": "column holding the second text of a pair",
     "label_column": "column holding the label",
     "doc_stride": "qa: tokens by which a long context's windows overlap",
@@ -32,6 +33,7 @@ TRAIN_HELP = {
                   "truncated to them",
     "mini_batch": "embed: the gradient cache: embed a batch this many texts at a time, so a large --batch-size "
                   "(in-batch negatives) fits in memory; trains as the whole batch at once would",
+    "listwise": "rerank: a softmax over each query's passages instead of binary cross-entropy on each pair",
     "epochs": "passes over the training set", "max_steps": "stop after this many optimizer steps (overrides --epochs)",
     "lr": "peak learning rate of AdamW (default by mode: full 5e-5, top-N 1e-4, lora 5e-4, head 1e-3)", "batch_size": "examples per micro-batch",
     "grad_accum": "micro-batches accumulated into one optimizer step",
@@ -51,7 +53,8 @@ TRAIN_HELP = {
     "metric": "dev metric that picks the kept model: accuracy (default), macro_f1, loss; mse, pearson for regression; "
               "f1, exact, loss for qa; loss (default), accuracy, perplexity for mlm; tag: accuracy (default), "
               "loss, and f1, precision, recall when the tags are chunk tags (B-/I-/E-/S-, O); embed: ndcg@10 "
-              "(default), mrr@10, recall@1, recall@10 for pairs, spearman (default), pearson for scored pairs",
+              "(default), mrr@10, recall@1, recall@10 for pairs, spearman (default), pearson for scored pairs; rerank: "
+              "ndcg@10 (default), mrr@10",
     "seed": "seed for initialisation, dropout and data order",
 }
 
@@ -102,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
             q.add_argument("texts", nargs="*", help="texts to classify")
             q.add_argument("--question", action="append", default=[], help="a question (qa), with its --context; "
                                                                            "repeat both for more")
+            q.add_argument("--query", help="rerank: the query; the texts are its passages, printed best first")
             q.add_argument("--context", action="append", default=[],
                            help="the passage that answers each --question (qa); the second text of each pair")
             q.add_argument("--input", help="file with one text per line (.txt), or a .csv/.tsv/.jsonl "
@@ -255,6 +259,10 @@ def run(args):
         row = train(**opts)
         if row:  # under torchrun only rank 0 reports
             print(json.dumps(row))
+    elif args.command == "predict" and args.query is not None:
+        from minift.tasks.rerank import rerank
+        write_lines(rerank(args.model, args.query, command_line_texts(args)[0], args.batch_size, args.device,
+                           args.precision), args.output)
     elif args.command == "predict":
         from minift.predict import load, predict_examples, task_options
         model, tok, task = load(args.model, args.device, args.allow_pickle)

@@ -29,6 +29,20 @@ def retrieval_metrics(rank: np.ndarray) -> dict[str, float]:
             "recall@1": float(np.mean(rank <= 1)), "recall@10": float(np.mean(top10))}
 
 
+def grouped_metrics(scores: list[np.ndarray], labels: list[np.ndarray]) -> dict[str, float]:
+    """Per query, its passages' scores and labels (graded relevance, > 0 relevant) -> NDCG@10 (gain 2^label - 1)
+    and MRR@10, averaged over queries. Ties go against the relevant: among equal scores the lowest label first."""
+    ndcg, mrr = [], []
+    for s, y in zip(scores, labels):
+        order = np.lexsort((y, -s))[:10]  # by score descending, then label ascending
+        discount = 1 / np.log2(np.arange(2, len(order) + 2))
+        ideal = ((2.0 ** np.sort(y)[::-1][:10] - 1) * discount[:min(10, len(y))]).sum()
+        ndcg.append(((2.0 ** y[order] - 1) * discount).sum() / ideal if ideal > 0 else 0.0)
+        hits = np.flatnonzero(y[order] > 0)
+        mrr.append(1 / (hits[0] + 1) if len(hits) else 0.0)
+    return {"ndcg@10": float(np.mean(ndcg)), "mrr@10": float(np.mean(mrr))}
+
+
 def rankdata(x: np.ndarray) -> np.ndarray:
     """Ranks 1..n, ties given the mean of the ranks they span (as scipy.stats.rankdata)."""
     order = np.argsort(x, kind="stable")

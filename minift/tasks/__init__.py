@@ -26,6 +26,7 @@ from minift.config import bert_architecture
 from minift.errors import MiniftError
 from minift.tasks.classify import Classify
 from minift.tasks.embed import Embed
+from minift.tasks.rerank import Rerank
 from minift.tasks.qa import QA
 from minift.tasks.mlm import MaskedLM
 from minift.tasks.tag import Tag
@@ -50,12 +51,13 @@ class TaskOptions:
     symmetric: bool = False
     matryoshka: str | None = None  # leading dimensions, e.g. "384,256,128,64"
     mini_batch: int | None = None
+    listwise: bool = False
 
 
 # The settings only one task reads. Given for another task they would change nothing, silently.
 OWNER = {"doc_stride": "qa", "max_answer_length": "qa", "null_threshold": "qa", "squad_v2": "qa",
          "whole_word_mask": "mlm", "no_pack": "mlm", "format": "tag", "pooling": "embed", "scale": "embed",
-         "symmetric": "embed", "matryoshka": "embed", "mini_batch": "embed"}
+         "symmetric": "embed", "matryoshka": "embed", "mini_batch": "embed", "listwise": "rerank"}
 
 
 def check_options(task, opts: TaskOptions):
@@ -72,6 +74,7 @@ TASKS["qa"] = QA()
 TASKS["mlm"] = MaskedLM()
 TASKS["tag"] = Tag()
 TASKS["embed"] = Embed()
+TASKS["rerank"] = Rerank()
 
 
 def get(name: str):
@@ -90,6 +93,11 @@ def of_saved(config: dict, path) -> object:
                           "fine-tune it first with `minift train`")
     if len(found) == 1:
         return found[0]
+    # A task that knows its models by a mark of their own (rerank: sentence-transformers' cross-encoder's) first.
+    claimed = [t for t in found if getattr(t, "claims", None) and t.claims(config)]
+    if claimed:
+        return claimed[0]
+    found = [t for t in found if not getattr(t, "claims", None)]
     # Sequence classification: Hugging Face's rule when problem_type is absent.
     kind = config.get("problem_type")
     if kind is None:
