@@ -1,4 +1,4 @@
-"""The command line: minift fetch | embed | train | predict | eval | plot.  (Also: python -m minift ...)"""
+"""The command line: minift fetch | embed | search | train | predict | eval | plot.  (Also: python -m minift ...)"""
 import argparse
 import dataclasses
 import json
@@ -87,6 +87,19 @@ def build_parser() -> argparse.ArgumentParser:
                    "default as the model directory's modules.json and 1_Pooling/config.json say, else mean")
     add_quantize(e)
     add_allow_pickle(e)
+
+    s = sub.add_parser("search", help="exact semantic search: the passages of a corpus nearest each query")
+    s.add_argument("--model", required=True, help="a sentence-embedding model directory (e.g. the --out of --task embed)")
+    s.add_argument("--corpus", required=True, help="passages: one per line (.txt), or a .csv/.tsv/.jsonl text column")
+    s.add_argument("queries", nargs="+", metavar="QUERY")
+    s.add_argument("--index", help="the corpus's embeddings, as `minift embed --input CORPUS --output INDEX.npy` "
+                                   "wrote them (default: embed the corpus now)")
+    s.add_argument("--top-k", type=int, default=10, help="passages per query (default 10)")
+    s.add_argument("--rerank", metavar="MODEL", help="a reranker (--task rerank) that reorders each query's top k")
+    s.add_argument("--text-column", default="text")
+    s.add_argument("--batch-size", type=int, default=64)
+    s.add_argument("--max-length", type=int, help="tokens per text (default: the model's max_seq_length, else 256)")
+    s.add_argument("--device", default="auto")
 
     t = sub.add_parser("train", help="fine-tune a BERT classifier or regressor")
     t.add_argument("--model", required=True, help="directory of a Hugging Face BERT, RoBERTa, XLM-R, CamemBERT, "
@@ -253,6 +266,10 @@ def run(args):
         else:
             stream(records_of(args, args.text_column), as_json, args.output, args.resume_from_output,
                    args.input or "the texts")
+    elif args.command == "search":
+        from minift.search import search
+        write_lines(search(args.model, args.corpus, args.queries, args.top_k, args.index, args.rerank,
+                           args.text_column, args.batch_size, args.max_length, args.device), None)
     elif args.command == "train":
         from minift.train_loop import train
         opts = {k: v for k, v in vars(args).items() if k != "command"}
