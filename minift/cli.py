@@ -80,8 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--output", help=".npy (float32 [N, H]; an empty text's row is NaN) or .jsonl, written as they "
                                     "are done; default: JSON lines on stdout")
     add_resume(e)
-    e.add_argument("--max-length", type=int, default=256, help="tokens per text (256, as sentence-transformers "
-                                                                "uses for all-MiniLM-L6-v2)")
+    e.add_argument("--max-length", type=int, help="tokens per text (default: the model's sentence_bert_config.json "
+                                                  "max_seq_length, else 256, as for all-MiniLM-L6-v2)")
     e.add_argument("--batch-size", type=int, default=64)
     e.add_argument("--pooling", choices=["mean", "cls", "max"], help="how a text's token vectors become one: by "
                    "default as the model directory's modules.json and 1_Pooling/config.json say, else mean")
@@ -255,7 +255,7 @@ def run(args):
         model, tok = load_encoder(args.model, allow_pickle=args.allow_pickle, quantize=args.quantize)
 
         def vectors(texts, pairs=None):  # [n, H]
-            return embed_texts(model, tok, texts, args.batch_size, args.max_length, pooling)
+            return embed_texts(model, tok, texts, args.batch_size, args.max_length or pooling.max_length or 256, pooling)
 
         def as_json(texts, pairs=None):
             return [{"text": t, "embedding": v} for t, v in zip(texts, vectors(texts).tolist())]

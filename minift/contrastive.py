@@ -56,14 +56,16 @@ def cosent_loss(emb, scores, scale: float):
 
 
 def embedding_loss(emb, targets, spec: LossSpec):
-    """The loss of one batch: emb [k, B, H]; targets: text ids [k, B] (long) or scores [B] (float)."""
-    emb = emb.to(torch.promote_types(emb.dtype, torch.float32))  # losses in fp32 at least, even under autocast
+    """The loss of one batch: emb [k, B, H]; targets: text ids [k, B] (long) or scores [B] (float).
+    In fp32 at least, autocast or not: similarities x 20 in bf16 would be off by some 0.1."""
+    emb = emb.to(torch.promote_types(emb.dtype, torch.float32))
 
     def one(e):
         if targets.is_floating_point():
             return cosent_loss(e, targets, spec.scale)
         return ranking_loss(e, targets, spec.scale, spec.symmetric)
-    return sum(one(emb[..., :d]) for d in spec.dims) if spec.dims else one(emb)
+    with torch.autocast(emb.device.type, enabled=False):
+        return sum(one(emb[..., :d]) for d in spec.dims) if spec.dims else one(emb)
 
 
 def cached_loss(embed, inputs: dict, shape, targets, spec: LossSpec):

@@ -69,14 +69,16 @@ def _json(path: Path):
 
 
 def pool(h, mask, pooling: Pooling):
-    """h [B, T, H] (last hidden states), mask [B, T] (1 = real token) -> [B, H] in h's dtype; sums in fp32 at least."""
+    """h [B, T, H] (last hidden states), mask [B, T] (1 = real token) -> [B, H], in fp32 at least (a bf16
+    vector would round every cosine similarity to some 3 digits)."""
+    h = h.to(torch.promote_types(h.dtype, torch.float32))
     if pooling.mode == "cls":
         x = h[:, 0]
     elif pooling.mode == "max":
         x = h.masked_fill(mask[..., None] == 0, float("-inf")).max(1).values
     else:
-        m = mask[..., None].to(torch.promote_types(h.dtype, torch.float32))
-        x = ((h.to(m.dtype) * m).sum(1) / m.sum(1).clamp(min=1e-9)).to(h.dtype)
+        m = mask[..., None].to(h.dtype)
+        x = (h * m).sum(1) / m.sum(1).clamp(min=1e-9)
     return F.normalize(x, dim=-1) if pooling.normalize else x
 
 

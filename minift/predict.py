@@ -119,15 +119,16 @@ def evaluate(model_dir, data, text_column="text", text_pair_column=None, label_c
             "skipped_empty": getattr(examples, "skipped_empty", 0)}
 
 
-def embed(model_dir, texts: list[str], batch_size: int = 64, max_length: int = 256, device: str = "auto",
+def embed(model_dir, texts: list[str], batch_size: int = 64, max_length: int | None = None, device: str = "auto",
           allow_pickle: bool = False, quantize: str | None = None, pooling: str | None = None) -> torch.Tensor:
     """Sentence embeddings [N, H], fp32, pooled as the directory's sentence-transformers files say (for
     all-MiniLM-L6-v2: the mean over real tokens, L2-normalised), or by `pooling` (mean, cls, max: see
-    minift/pooling.py). max_length is capped at the model's positions."""
+    minift/pooling.py). max_length (default: the directory's max_seq_length, else 256) is capped at the model's
+    positions."""
     from minift.pooling import read_pooling
     how = read_pooling(model_dir, pooling)
     model, tok = load_encoder(model_dir, device, allow_pickle, quantize)
-    return embed_texts(model, tok, texts, batch_size, max_length, how)
+    return embed_texts(model, tok, texts, batch_size, max_length or how.max_length or 256, how)
 
 
 def load_encoder(model_dir, device="auto", allow_pickle=False, quantize: str | None = None):

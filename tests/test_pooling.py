@@ -133,3 +133,21 @@ def test_cli_embed_reads_the_pooling(tmp_path, capsys):
     assert main(["embed", "--model", str(d), *TEXTS[:2]]) == 0
     got = np.array([json.loads(line)["embedding"] for line in capsys.readouterr().out.splitlines()])
     np.testing.assert_allclose(got, reference(d, TEXTS[:2]), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["mean", "cls", "max"])
+def test_pooled_vectors_and_the_loss_stay_fp32_under_bf16(mode):
+    """bf16 hidden states pool into fp32 vectors, and the contrastive loss is fp32 under autocast: cosine x 20
+    rounded to bf16 would be off by some 0.1."""
+    from minift.contrastive import LossSpec, embedding_loss
+    from minift.pooling import pool
+    h = torch.randn(4, 5, 8).to(torch.bfloat16)
+    mask = torch.tensor([[1] * 5, [1] * 3 + [0] * 2, [1] * 4 + [0], [1] * 2 + [0] * 3])
+    x = pool(h, mask, Pooling(mode))
+    assert x.dtype == torch.float32
+    torch.testing.assert_close(x, pool(h.float(), mask, Pooling(mode)))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = embedding_loss(x.view(2, 2, 8), torch.arange(4).view(2, 2), LossSpec())
+    assert loss.dtype == torch.float32
+    assert loss.item() == pytest.approx(embedding_loss(x.view(2, 2, 8), torch.arange(4).view(2, 2), LossSpec()).item(),
+                                        rel=1e-6)

@@ -110,7 +110,8 @@ class Rerank:
         return Rows("<texts>", [list(texts), list(pairs)], None, list(range(1, len(texts) + 1)))
 
     def label_names(self, train) -> dict[int, str]:
-        return {0: "relevance"}
+        # transformers' default name, which sentence-transformers' cross-encoders carry: their head is kept
+        return {0: "LABEL_0"}
 
     def features(self, rows: Rows, tok, max_length: int, config: BertConfig, opts, log=None) -> Features:
         ids, types = tok.encode(rows.columns[0], rows.columns[1], max_length)
