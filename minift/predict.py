@@ -142,7 +142,8 @@ def load_encoder(model_dir, device="auto", allow_pickle=False, quantize: str | N
 
 
 @torch.inference_mode()
-def embed_texts(model, tok, texts: list[str], batch_size: int = 64, max_length: int = 256, pooling=None) -> torch.Tensor:
+def embed_texts(model, tok, texts: list[str], batch_size: int = 64, max_length: int = 256,
+                pooling=None) -> torch.Tensor:
     from minift.pooling import Pooling, pool
     max_length = min(max_length, model.config.max_tokens)
     check_sizes(model, batch_size, max_length)

@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import interrupt_at
+from test_pooling import FAMILIES
 from minift import MiniftError
 from minift.contrastive import LossSpec, cosent_loss, embedding_loss, ranking_loss
 from minift.pooling import Pooling, write_pooling
@@ -332,7 +333,7 @@ def test_options_of_embed_are_refused_elsewhere(model_dir, tmp_path):
         train(str(model_dir), str(data), str(tmp_path / "out"), mini_batch=4, **FAST)
 
 
-@pytest.mark.parametrize("family,layout,kw", __import__("test_pooling").FAMILIES, ids=lambda x: x if isinstance(x, str) else "")
+@pytest.mark.parametrize("family,layout,kw", FAMILIES, ids=[f[0] for f in FAMILIES])
 def test_every_family_trains_and_loads_in_sentence_transformers(family, layout, kw, tmp_path):
     from test_families import CASES, random_checkpoint
     d = random_checkpoint(family, CASES[kw][1] if isinstance(kw, int) else kw, layout, tmp_path / "m",

@@ -30,8 +30,8 @@ FAST = dict(precision="fp32", device="cpu", compile="off")
 def model_dir(tmp_path_factory):
     """A random BERT with a WordPiece tokenizer saved as BERT's (token types: 1 for the passage)."""
     from test_families import random_checkpoint
-    d = random_checkpoint("bert", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37),
-                          "distilbert", tmp_path_factory.mktemp("m") / "bert", transformers.AutoModel)
+    kw = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37)
+    d = random_checkpoint("bert", kw, "distilbert", tmp_path_factory.mktemp("m") / "bert", transformers.AutoModel)
     config = json.loads((d / "tokenizer_config.json").read_text())
     (d / "tokenizer_config.json").write_text(json.dumps({**config, "tokenizer_class": "BertTokenizer"}))
     return d

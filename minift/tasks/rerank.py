@@ -127,7 +127,7 @@ class Rerank:
         from minift.tokenizer import Tokenizer
         b = Tokenizer.pad([p for i in idx for p in f.pairs[i]], [t for i in idx for t in f.types[i]], pad_id)
         group = torch.tensor([j for j, i in enumerate(idx) for _ in f.pairs[i]])
-        labels = torch.tensor([y for i in idx for y in f.labels[i]]) if f.labels is not None else torch.zeros(len(group))
+        labels = torch.zeros(len(group)) if f.labels is None else torch.tensor([y for i in idx for y in f.labels[i]])
         b["labels"] = Groups(labels, group, f.listwise)
         return b
 
