@@ -70,3 +70,27 @@ def test_cli_search_prints_json_lines(model_dir, tmp_path, capsys):
     assert main(["search", "--model", str(model_dir), "--corpus", str(corpus), "--top-k", "2", *QUERIES]) == 0
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert [x["query"] for x in lines] == QUERIES and all(len(x["results"]) == 2 for x in lines)
+
+
+@pytest.mark.parametrize("case", ["embed-empty", "rerank-no-positive", "search-index", "embed-metric"])
+def test_command_line_refusals_leave_every_file_alone(model_dir, tmp_path, case):
+    """Through the real command line: exit 2, one error line naming the culprit, no file changed or left."""
+    from hostile import refused
+    bad = tmp_path / "bad.csv"
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n".join(CORPUS), encoding="utf-8")
+    train = ["train", "--model", model_dir, "--train", bad, "--out", tmp_path / "out"]
+    if case == "embed-empty":
+        bad.write_text("anchor,positive\na,b\nc, \n", encoding="utf-8")
+        refused([*train, "--task", "embed"], f"{bad}, line 3", tmp_path)
+    elif case == "rerank-no-positive":
+        bad.write_text("query,passage,label\nq,p,0\nq,r,0\n", encoding="utf-8")
+        refused([*train, "--task", "rerank"], f"{bad}, line 2", tmp_path)
+    elif case == "search-index":
+        np.save(tmp_path / "i.npy", np.zeros((2, 32), dtype=np.float32))
+        refused(["search", "--model", model_dir, "--corpus", corpus, "--index", tmp_path / "i.npy", "q"],
+                "--index", tmp_path)
+    else:
+        bad.write_text("anchor,positive\na,b\n", encoding="utf-8")
+        refused([*train, "--task", "embed", "--metric", "pearson"], "--metric pearson", tmp_path)
+    assert not (tmp_path / "out").exists()
