@@ -171,22 +171,22 @@ def test_cosent_training_matches_sentence_transformers(model_dir):
 
 # ---- the gradient cache ----
 
-def big_batch(d, mini_batch, dtype):
-    """One batch of 512 (anchor, positive, hard negative) rows: 1,536 texts."""
+def big_batch(d, mini_batch, dtype, n=512):
+    """One batch of n (anchor, positive, hard negative) rows: 3 n texts."""
     net = SentenceEncoder.from_pretrained(d).to(dtype)
     task, tok = Embed(), Tokenizer.from_dir(d)
     rows = [(f"{a} number {i}", f"{p} {i}", f"{n} {i + 1}") for i in range(32) for (a, p), n in zip(PAIRS, NEGATIVES)]
-    rows = Rows("<t>", [list(c) for c in zip(*rows)], None, list(range(len(rows))))
+    rows = Rows("<t>", [list(c) for c in zip(*rows[:n])], None, list(range(n)))
     f = task.features(rows, tok, 16, net.config, TaskOptions(mini_batch=mini_batch))
-    return net, task.batch(f, list(range(512)), tok.pad_id)
+    return net, task.batch(f, list(range(n)), tok.pad_id)
 
 
 def test_gradient_cache_gives_the_gradients_of_the_whole_batch(model_dir):
-    """--batch-size 512 --mini-batch 32, fp32: the gradients of one batch of 512, within fp32 rounding (sums over
-    some 20,000 tokens in another order: up to a few 1e-5 of a tensor's largest gradient)."""
+    """fp32, a batch of 128 in mini-batches of 16: the gradients of the whole batch, within 1e-4 of each tensor's
+    largest (fp32 sums over some 5,000 tokens in another order; a batch of 512 is checked in fp64 below)."""
     grads = []
-    for mini in (None, 32):
-        net, batch = big_batch(model_dir, mini, torch.float32)
+    for mini in (None, 16):
+        net, batch = big_batch(model_dir, mini, torch.float32, n=128)
         net(**batch)[1].backward()
         grads.append({n: p.grad for n, p in net.named_parameters()})
     for n, g in grads[0].items():
@@ -194,8 +194,8 @@ def test_gradient_cache_gives_the_gradients_of_the_whole_batch(model_dir):
 
 
 def test_gradient_cache_trains_as_the_whole_batch(model_dir):
-    """The weights after one training step (train_step: AdamW, clipping, schedule) with and without the cache are
-    the same within 1e-6 relative. In fp64: AdamW's first step is lr * g / (|g| + eps), which turns fp32 rounding
+    """--batch-size 512 --mini-batch 32: the weights after one training step (train_step: AdamW, clipping,
+    schedule) with and without the cache are the same within 1e-6 relative. In fp64: AdamW's first step is lr * g / (|g| + eps), which turns fp32 rounding
     in a gradient near 0 into a whole step of either sign."""
     from minift.train_step import make_optimizer, make_schedule, train_step
     weights = []
