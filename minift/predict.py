@@ -4,7 +4,6 @@ import json
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from minift import tasks
 from minift.config import BertConfig
@@ -142,12 +141,16 @@ def evaluate(model_dir, data, text_column="text", text_pair_column=None, label_c
             "skipped_empty": getattr(examples, "skipped_empty", 0)}
 
 
-def embed(model_dir, texts: list[str], batch_size: int = 64, max_length: int = 256, device: str = "auto",
-          allow_pickle: bool = False, quantize: str | None = None) -> torch.Tensor:
-    """Sentence embeddings [N, H], fp32: the mean of the last hidden states over real tokens, L2-normalised
-    (what sentence-transformers computes for all-MiniLM-L6-v2). max_length is capped at the model's positions."""
+def embed(model_dir, texts: list[str], batch_size: int = 64, max_length: int | None = None, device: str = "auto",
+          allow_pickle: bool = False, quantize: str | None = None, pooling: str | None = None) -> torch.Tensor:
+    """Sentence embeddings [N, H], fp32, pooled as the directory's sentence-transformers files say (for
+    all-MiniLM-L6-v2: the mean over real tokens, L2-normalised), or by `pooling` (mean, cls, max: see
+    minift/pooling.py). max_length (default: the directory's max_seq_length, else 256) is capped at the model's
+    positions."""
+    from minift.pooling import read_pooling
+    how = read_pooling(model_dir, pooling)
     model, tok = load_encoder(model_dir, device, allow_pickle, quantize)
-    return embed_texts(model, tok, texts, batch_size, max_length)
+    return embed_texts(model, tok, texts, batch_size, max_length or how.max_length or 256, how)
 
 
 def load_encoder(model_dir, device="auto", allow_pickle=False, quantize: str | None = None):
@@ -165,7 +168,9 @@ def load_encoder(model_dir, device="auto", allow_pickle=False, quantize: str | N
 
 
 @torch.inference_mode()
-def embed_texts(model, tok, texts: list[str], batch_size: int = 64, max_length: int = 256) -> torch.Tensor:
+def embed_texts(model, tok, texts: list[str], batch_size: int = 64, max_length: int = 256,
+                pooling=None) -> torch.Tensor:
+    from minift.pooling import Pooling, pool
     max_length = min(max_length, model.config.max_tokens)
     check_sizes(model, batch_size, max_length)
     dev = next(model.parameters()).device
@@ -174,6 +179,5 @@ def embed_texts(model, tok, texts: list[str], batch_size: int = 64, max_length: 
     for idx in length_batches([len(x) for x in ids], batch_size, seed=None):
         b = {k: v.to(dev) for k, v in Tokenizer.pad([ids[i] for i in idx], [types[i] for i in idx], tok.pad_id).items()}
         h, _ = model(**b)  # [b, T, H]
-        m = b["attention_mask"].unsqueeze(-1).float()  # [b, T, 1]
-        out[idx] = F.normalize((h * m).sum(1) / m.sum(1), dim=-1).cpu()
+        out[idx] = pool(h, b["attention_mask"], pooling or Pooling()).float().cpu()
     return out

@@ -45,7 +45,8 @@ DEFAULT_LR = {"full": 5e-5, "top": 1e-4, "lora": 5e-4, "head": 1e-3}
 # Everything a run writes into --out, in the order --overwrite removes them: the checkpoint first (a run
 # killed meanwhile cannot be resumed half-removed), run.json last (until then the directory is known as a run).
 RUN_FILES = ("checkpoint.safetensors", "config.json", "model.safetensors", "tokenizer.json", "vocab.txt",
-             "tokenizer_config.json", "special_tokens_map.json", "metrics.jsonl", "run.json")
+             "tokenizer_config.json", "special_tokens_map.json", "modules.json", "sentence_bert_config.json",
+             "1_Pooling/config.json", "metrics.jsonl", "run.json")
 # Metrics where lower is better; for the others higher is better.
 LOWER_IS_BETTER = ("loss", "mse", "perplexity")
 

