@@ -60,7 +60,7 @@ class BertConfig:
         estimate_memory(self)
 
     @property
-    def family(self) -> Family:  # what model.py and the tasks read of the family (minift/families.py), never model_type
+    def family(self) -> Family:  # what the model and the tasks read of the family, never model_type
         return FAMILIES[self.model_type]
 
     @property
@@ -103,7 +103,8 @@ class BertConfig:
                 raise MiniftError(f"config: {key}=true is not supported; minift implements the encoder only")
         # A setting under both the family's name and BERT's is the family's; one the family fixes is not read.
         fam = FAMILIES[family]
-        d = {k: v for k, v in d.items() if k not in fam.absent and not (k in fam.renames.values() and own_name(family, k) in d)}
+        d = {k: v for k, v in d.items()
+             if k not in fam.absent and not (k in fam.renames.values() and own_name(family, k) in d)}
         d = fam.from_json({**fam.defaults, **d})  # a key left out means the family's default, not BERT's
         d = {fam.renames.get(k, k): v for k, v in d.items()}
         known = {f.name for f in fields(cls)}

@@ -20,7 +20,7 @@ class Family:
     stem: str  # transformers' class-name stem: BertModel, XLMRobertaForMaskedLM, ...
     # ---- config.json ----
     renames: dict = field(default_factory=dict)  # the family's config.json name -> BERT's name for the same setting
-    defaults: dict = field(default_factory=dict)  # its transformers config's defaults (its names) where they differ from BERT's
+    defaults: dict = field(default_factory=dict)  # its transformers config's defaults (its names), where not BERT's
     absent: tuple = ()  # BERT's fields its config.json lacks (the family fixes their value)
     own: tuple = ()  # BertConfig fields only this family's config.json has
     from_json: Callable[[dict], dict] = same  # config.json (its names) -> BertConfig's fields, beyond renames
@@ -51,7 +51,7 @@ def activation(config, name: str) -> str:
     return getattr(config, name, name)
 
 
-# ---- BERT: the reference (transformers' modeling_bert.py; candle's bert.rs) ----
+# ---- BERT: the reference (transformers' modeling_bert.py) ----
 # minift module -> Hugging Face module(s); inside a layer, relative to names["layers"].{i}.
 # A tuple is concatenated along the output dimension, in this order (minift's fused QKV).
 BERT_NAMES = {"embeddings.word": "embeddings.word_embeddings", "embeddings.position": "embeddings.position_embeddings",

@@ -177,7 +177,8 @@ class Embeddings(nn.Module):
         E = cfg.embedding_size or cfg.hidden_size
         # padding_idx keeps the [PAD] row's gradient at zero, as Hugging Face's BERT does.
         self.word = nn.Embedding(cfg.vocab_size, E, padding_idx=cfg.pad_token_id)
-        self.position = nn.Embedding(cfg.max_position_embeddings, E) if cfg.family.position_table else None  # rotary instead
+        # None: rotary positions instead
+        self.position = nn.Embedding(cfg.max_position_embeddings, E) if cfg.family.position_table else None
         self.token_type = nn.Embedding(cfg.type_vocab_size, E) if cfg.type_vocab_size else None
         self.ln = nn.LayerNorm(E, eps=cfg.layer_norm_eps, bias=cfg.bias)
         self.drop = Dropout(cfg.hidden_dropout_prob)

@@ -34,11 +34,12 @@ TOP_K = 5  # predictions shown per [MASK] by predict
 
 class BertForMaskedLM(nn.Module):
     """An encoder of the BERT family + its family's masked-LM head, under the family's Hugging Face names
-    (Family.lm_head, minift/families.py); the decoder weight is bert.embeddings.word.weight. ELECTRA's is its generator's head, which
-    narrows to embedding_size before the decoder."""
+    (Family.lm_head, minift/families.py); the decoder weight is bert.embeddings.word.weight. ELECTRA's is its
+    generator's head, which narrows to embedding_size before the decoder."""
     ARCHITECTURE = "BertForMaskedLM"  # the family's stem replaces Bert on save
     # The head's modules and bias in every family's names: loading keeps whichever the checkpoint's family has.
-    HEAD = tuple({f"{m}." for f in FAMILIES.values() for m in f.lm_head[:3]} | {f.lm_head[3] for f in FAMILIES.values()})
+    HEAD = tuple({f"{m}." for f in FAMILIES.values() for m in f.lm_head[:3]}
+                 | {f.lm_head[3] for f in FAMILIES.values()})
     POOLER = False
     PRETRAINED_HEAD = True  # BERT checkpoints usually carry this head: starting without it is worth a note
 
