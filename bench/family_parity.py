@@ -16,7 +16,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import test_families as t  # noqa: E402  (the tests' configurations and helpers)
 import test_family_heads as h  # noqa: E402
 from minift import Bert  # noqa: E402
-from minift.checkpoint import LAYOUTS, hf_names, hf_tensor_names  # noqa: E402
+from minift.checkpoint import hf_names, hf_tensor_names  # noqa: E402
+from minift.families import FAMILIES  # noqa: E402
 from minift.tasks.classify import BertClassifier  # noqa: E402
 from minift.tasks.mlm import BertForMaskedLM  # noqa: E402
 from minift.tasks.tag import BertTagger  # noqa: E402
@@ -32,14 +33,14 @@ def encoder(family, kw, d):
     ref, (h, _) = hf(input_ids=ids, attention_mask=mask).last_hidden_state, ours(ids, mask)
     (ref * w * mask[..., None]).sum().backward()
     (h * w * mask[..., None]).sum().backward()
-    names = LAYOUTS[family][1]
+    names = FAMILIES[family].names
     grads = [t.rel(p.grad, t.hf_grad(hf, hf_names(n, names))) for n, p in ours.named_parameters()
              if not n.startswith("pooler.")]
     return t.rel(h[m], ref[m]), max(grads)
 
 
 def worst_grad(ours, hf):  # the largest relative difference of a gradient, over every minift parameter
-    params, prefix = dict(hf.named_parameters(remove_duplicate=False)), LAYOUTS[ours.config.model_type][0]
+    params, prefix = dict(hf.named_parameters(remove_duplicate=False)), ours.config.family.prefix
     return max(t.rel(p.grad, torch.cat([params[(f"{prefix}." if n.startswith("bert.") else "") + s].grad
                                         for s in hf_tensor_names(ours, n)])) for n, p in ours.named_parameters())
 
@@ -112,7 +113,7 @@ def long_context(d):
         ours = Bert.from_pretrained(d).eval()
         h, _ = ours(ids, mask)
         (h * w * mask[..., None]).sum().backward()
-        grads = [t.rel(p.grad, t.hf_grad(hf, hf_names(n, LAYOUTS[family][1]))) for n, p in ours.named_parameters()
+        grads = [t.rel(p.grad, t.hf_grad(hf, hf_names(n, FAMILIES[family].names))) for n, p in ours.named_parameters()
                  if not n.startswith("pooler.")]
         out[path] = (t.rel(h[m], ref[m]), max(grads))
     return out

@@ -3,7 +3,7 @@
 A Hugging Face directory holds config.json and model.safetensors (or shards listed in
 model.safetensors.index.json). Tensor names differ between minift and Hugging Face in two
 ways only: shorter module names, and one fused [3H, H] QKV projection where most families
-keep query, key and value apart. The tables below (one per layout, LAYOUTS per family) and
+keep query, key and value apart. Each family's table of names (minift/families.py) and
 hf_names() are the whole translation.
 """
 import glob
@@ -17,45 +17,11 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from minift.config import FAMILIES, BertConfig
+from minift.config import BertConfig
 from minift.errors import MiniftError
+from minift.families import BERT_NAMES, FAMILIES
 
-# minift module -> Hugging Face module(s), per layout; inside a layer, relative to NAMES["layers"].{i}.
-# A tuple is concatenated along the output dimension, in this order (minift's fused QKV).
-BERT = {"embeddings.word": "embeddings.word_embeddings", "embeddings.position": "embeddings.position_embeddings",
-        "embeddings.token_type": "embeddings.token_type_embeddings", "embeddings.ln": "embeddings.LayerNorm",
-        "embeddings.project": "embeddings_project", "pooler": "pooler.dense", "layers": "encoder.layer",
-        "attn.qkv": ("attention.self.query", "attention.self.key", "attention.self.value"),
-        "attn.proj": "attention.output.dense", "ln1": "attention.output.LayerNorm",
-        "fc": "intermediate.dense", "proj": "output.dense", "ln2": "output.LayerNorm"}
-DISTILBERT = {"embeddings.word": "embeddings.word_embeddings", "embeddings.position": "embeddings.position_embeddings",
-              "embeddings.ln": "embeddings.LayerNorm", "layers": "transformer.layer",
-              "attn.qkv": ("attention.q_lin", "attention.k_lin", "attention.v_lin"), "attn.proj": "attention.out_lin",
-              "ln1": "sa_layer_norm", "fc": "ffn.lin1", "proj": "ffn.lin2", "ln2": "output_layer_norm"}
-MODERNBERT = {"embeddings.word": "embeddings.tok_embeddings", "embeddings.ln": "embeddings.norm",
-              "final_ln": "final_norm", "layers": "layers", "attn.qkv": "attn.Wqkv", "attn.proj": "attn.Wo",
-              "ln1": "attn_norm", "fc": "mlp.Wi", "proj": "mlp.Wo", "ln2": "mlp_norm"}
-# model_type -> (the encoder's name inside transformers' task models, its names, pretraining heads to leave out)
-ELECTRA_HEADS = ("discriminator_predictions.", "generator_predictions.", "generator_lm_head.")
-LAYOUTS = {"bert": ("bert", BERT, ("cls.",)), "roberta": ("roberta", BERT, ("lm_head.",)),
-           "xlm-roberta": ("roberta", BERT, ("lm_head.",)), "camembert": ("roberta", BERT, ("lm_head.",)),
-           "electra": ("electra", BERT, ELECTRA_HEADS),
-           "distilbert": ("distilbert", DISTILBERT, ("vocab_transform.", "vocab_layer_norm.", "vocab_projector.")),
-           "modernbert": ("model", MODERNBERT, ("decoder.",))}  # its MLM's head.* is the classifier's too
-# model_type -> its masked-LM head: dense, norm (dense -> activation -> norm), then the decoder, whose weight is the
-# word embeddings (tied: files may hold a copy, never read) and whose bias is the last name (some files hold it
-# twice, under the decoder's name too).
-LM_HEADS = {"bert": ("cls.predictions.transform.dense", "cls.predictions.transform.LayerNorm",
-                     "cls.predictions.decoder", "cls.predictions.bias"),
-            "roberta": ("lm_head.dense", "lm_head.layer_norm", "lm_head.decoder", "lm_head.bias"),
-            "distilbert": ("vocab_transform", "vocab_layer_norm", "vocab_projector", "vocab_projector.bias"),
-            "electra": ("generator_predictions.dense", "generator_predictions.LayerNorm", "generator_lm_head",
-                        "generator_lm_head.bias"),  # the generator's; a discriminator has none
-            "modernbert": ("head.dense", "head.norm", "decoder", "decoder.bias")}
-LM_HEADS.update(dict.fromkeys(("xlm-roberta", "camembert"), LM_HEADS["roberta"]))
-
-
-def hf_names(name: str, names: dict = BERT) -> list[str]:
+def hf_names(name: str, names: dict = BERT_NAMES) -> list[str]:
     """Hugging Face tensor names (without the encoder's prefix) that make up minift tensor `name`."""
     parts = name.split(".")
     module, leaf = ".".join(parts[:-1]), parts[-1]  # e.g. "layers.3.attn.qkv", "weight"
@@ -109,15 +75,15 @@ def read_tensors(path: Path, allow_pickle: bool = False, family: str = "bert",
             raise MiniftError(f"{path}: no such model directory")
         raise MiniftError(f"{path}: no weights found; expected model.safetensors, "
                           "model.safetensors.index.json (sharded) or pytorch_model.bin")
-    out, (_, _, decoder, bias) = {}, LM_HEADS[family]
+    fam = FAMILIES[family]
+    out, (_, _, decoder, bias) = {}, fam.lm_head
     for k, v in raw.items():
         # Old TensorFlow-converted checkpoints call LayerNorm's parameters gamma and beta.
         k = k.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
-        prefix, _, pretraining_heads = LAYOUTS[family]
-        k = k.removeprefix(prefix + ".")
+        k = k.removeprefix(fam.prefix + ".")
         # Pretraining heads and the position_ids buffer are not part of the encoder; `keep` names a head that
-        # the model has (a masked LM's). A masked-LM decoder's weight is the word embeddings again (LM_HEADS).
-        if (k.startswith(pretraining_heads) and not k.startswith(keep)) or k.endswith("position_ids") \
+        # the model has (a masked LM's). A masked-LM decoder's weight is the word embeddings again (lm_head).
+        if (k.startswith(fam.pretraining_heads) and not k.startswith(keep)) or k.endswith("position_ids") \
                 or k == f"{decoder}.weight":
             continue
         out[k] = v
@@ -151,7 +117,7 @@ def load_pretrained(cls, path, allow_pickle=False, id2label=None, problem_type=N
         cfg.problem_type = problem_type
     sd = read_tensors(path, allow_pickle, cfg.model_type, keep=getattr(cls, "HEAD", ()))
     if cls is Bert or new_head:  # the encoder alone: whatever head the checkpoint has is left behind
-        sd = {k: v for k, v in sd.items() if k.startswith(encoder_modules(LAYOUTS[cfg.model_type][1]))}
+        sd = {k: v for k, v in sd.items() if k.startswith(encoder_modules(cfg.family.names))}
     model = cls(cfg, pooler="pooler.dense.weight" in sd) if cls is Bert else cls(cfg)
     if cls is not Bert and not model.POOLER:  # e.g. a tagger from a checkpoint that has a pooler, as transformers does
         sd = {k: v for k, v in sd.items() if not k.startswith("pooler.")}
@@ -192,7 +158,7 @@ def load_pretrained(cls, path, allow_pickle=False, id2label=None, problem_type=N
 def hf_tensor_names(model, name: str) -> list[str]:
     """Hugging Face names (without the encoder's prefix) of tensor `name` of a Bert or a task model."""
     from minift.model import Bert
-    names = LAYOUTS[model.config.model_type][1]
+    names = model.config.family.names
     if isinstance(model, Bert):
         return hf_names(name, names)
     if name.startswith("bert."):
@@ -202,7 +168,7 @@ def hf_tensor_names(model, name: str) -> list[str]:
 
 def hf_state_dict(model) -> dict[str, torch.Tensor]:
     """The model's tensors under Hugging Face names, QKV split back into query, key, value."""
-    prefix = LAYOUTS[model.config.model_type][0]  # bert., roberta., distilbert., ...
+    prefix = model.config.family.prefix  # bert., roberta., distilbert., ...
     out = {}
     for name, t in model.state_dict().items():
         own = f"{prefix}." if name.startswith("bert.") else ""
@@ -218,7 +184,7 @@ def save_pretrained(model, path, tokenizer=None):
     from minift.model import Bert
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    family = FAMILIES[model.config.model_type]  # BertForSequenceClassification -> RobertaFor...
+    family = model.config.family.stem  # BertForSequenceClassification -> RobertaFor...
     arch = f"{family}Model" if isinstance(model, Bert) else family + model.ARCHITECTURE.removeprefix("Bert")
     config = (json.dumps(model.config.to_dict(arch), indent=2) + "\n").encode()
     atomic_write(path / "config.json", lambda f: f.write_bytes(config), len(config))

@@ -1,7 +1,8 @@
 """BertConfig: the Hugging Face config.json of a BERT-family encoder, read, checked and written back.
 
 One dataclass in BERT's names serves every family; a family's config.json names that differ are
-translated on the way in and back out (RENAMES), and its few own settings are fields here too.
+translated on the way in and back out (each family's renames, minift/families.py), and its few own
+settings are fields here too.
 """
 import json
 import math
@@ -11,28 +12,12 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from minift.errors import MiniftError
+from minift.families import FAMILIES, Family
 
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu")
 PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
-# model_type -> the class-name stem transformers gives the family (BertModel, XLMRobertaForMaskedLM, ...)
-FAMILIES = {"bert": "Bert", "roberta": "Roberta", "xlm-roberta": "XLMRoberta", "camembert": "Camembert",
-            "electra": "Electra", "distilbert": "DistilBert", "modernbert": "ModernBert"}
-ROBERTA = ("roberta", "xlm-roberta", "camembert")
-# A family's config.json name -> BERT's name for the same setting.
-RENAMES = {
-    "distilbert": {"dim": "hidden_size", "n_heads": "num_attention_heads", "n_layers": "num_hidden_layers",
-                   "hidden_dim": "intermediate_size", "activation": "hidden_act", "dropout": "hidden_dropout_prob",
-                   "attention_dropout": "attention_probs_dropout_prob", "seq_classif_dropout": "classifier_dropout"},
-    "modernbert": {"hidden_activation": "hidden_act", "norm_eps": "layer_norm_eps", "mlp_dropout": "hidden_dropout_prob",
-                   "attention_dropout": "attention_probs_dropout_prob"},
-}
-# Fields that only these families' config.json have; ABSENT: BERT's fields a family's config.json lacks
-# (the family fixes their value).
-OWN = {"embedding_size": ("electra",), "sinusoidal_pos_embds": ("distilbert",)}
-MODERNBERT_ONLY = ("bias", "layer_types", "local_attention", "rope_theta", "local_rope_theta", "classifier_pooling",
-                   "classifier_activation", "decoder_bias")
-ABSENT = {"distilbert": ("type_vocab_size", "layer_norm_eps", "position_embedding_type"),
-          "modernbert": ("type_vocab_size", "position_embedding_type")}
+# BertConfig fields that only some families' config.json have (ModernBERT's rotary settings, ...)
+OWN = tuple(dict.fromkeys(f for family in FAMILIES.values() for f in family.own))
 
 
 @dataclass
@@ -74,16 +59,15 @@ class BertConfig:
         self.id2label = check_fields(self)
         estimate_memory(self)
 
-    # The switches of the families, in one place: model.py reads these, never model_type.
     @property
-    def pre_norm(self) -> bool:  # LayerNorm before each block, a final one after the last; GeGLU; rotary
-        return self.model_type == "modernbert"
+    def family(self) -> Family:  # what the model and the tasks read of the family, never model_type
+        return FAMILIES[self.model_type]
 
     @property
     def position_offset(self) -> int | None:
         """Learned positions start here and count real tokens only (RoBERTa's, after its padding id);
         None: positions are the token's index in the padded row (BERT's); rotary families have no table."""
-        return self.pad_token_id + 1 if self.model_type in ROBERTA else None
+        return self.pad_token_id + 1 if self.family.position_offset else None
 
     @property
     def max_tokens(self) -> int:  # the longest sequence the position table holds (RoBERTa's starts at the offset)
@@ -118,12 +102,11 @@ class BertConfig:
             if d.get(key):
                 raise MiniftError(f"config: {key}=true is not supported; minift implements the encoder only")
         # A setting under both the family's name and BERT's is the family's; one the family fixes is not read.
-        renamed = RENAMES.get(family, {}).values()
-        d = {k: v for k, v in d.items() if k not in ABSENT.get(family, ()) and not (k in renamed and own_name(family, k) in d)}
-        d = {**DEFAULTS.get(family, {}), **d}  # a key left out means the family's default, not BERT's
-        if family == "modernbert":
-            d = _from_modernbert(d)
-        d = {RENAMES.get(family, {}).get(k, k): v for k, v in d.items()}
+        fam = FAMILIES[family]
+        d = {k: v for k, v in d.items()
+             if k not in fam.absent and not (k in fam.renames.values() and own_name(family, k) in d)}
+        d = fam.from_json({**fam.defaults, **d})  # a key left out means the family's default, not BERT's
+        d = {fam.renames.get(k, k): v for k, v in d.items()}
         known = {f.name for f in fields(cls)}
         kw = {k: v for k, v in d.items() if k in known}
         if "id2label" not in d and d.get("num_labels") is not None:  # num_labels without names
@@ -154,7 +137,7 @@ class BertConfig:
 
     def to_dict(self, architecture: str = "BertModel") -> dict:
         """config.json in the family's own names, as transformers writes it."""
-        family = self.model_type
+        family = self.family
         d = asdict(self)
         if self.id2label is None:
             del d["id2label"]
@@ -165,19 +148,13 @@ class BertConfig:
             del d["problem_type"]
         if self.tie_word_embeddings:  # every family's default
             del d["tie_word_embeddings"]
-        for key, owners in OWN.items():
-            if family not in owners:
+        for key in OWN:
+            if key not in family.own:
                 del d[key]
-        if family == "electra":
-            d["embedding_size"] = self.embedding_size or self.hidden_size
-        if family == "modernbert":
-            d = _to_modernbert(d)
-        else:
-            for key in MODERNBERT_ONLY:
-                del d[key]
-        for key in ABSENT.get(family, ()):
+        d = family.to_json(d)
+        for key in family.absent:
             d.pop(key, None)
-        back = {v: k for k, v in RENAMES.get(family, {}).items()}
+        back = {v: k for k, v in family.renames.items()}
         return {"architectures": [architecture], **{back.get(k, k): v for k, v in d.items()}}
 
 
@@ -195,7 +172,7 @@ MAX_LABELS = 1_000_000  # num_labels alone builds id2label: a bound before memor
 
 def own_name(family: str, field: str) -> str:
     """A BertConfig field under the name the family's config.json gives it (DistilBERT: n_heads, not num_attention_heads)."""
-    return next((k for k, v in RENAMES.get(family, {}).items() if v == field), field)
+    return next((k for k, v in FAMILIES[family].renames.items() if v == field), field)
 
 
 def is_whole(v, least: int) -> bool:
@@ -241,7 +218,7 @@ def check_fields(c: "BertConfig") -> dict[int, str] | None:
         fail("pad_token_id", f"outside the vocabulary (vocab_size={c.vocab_size}: ids 0 to {c.vocab_size - 1})")
     if c.hidden_size % c.num_attention_heads:
         fail("num_attention_heads", f"does not divide {own_name(c.model_type, 'hidden_size')}={c.hidden_size}")
-    if c.pre_norm and (c.hidden_size // c.num_attention_heads) % 2:
+    if c.family.rotary and (c.hidden_size // c.num_attention_heads) % 2:
         fail("num_attention_heads", "gives an odd head size; rotary positions rotate pairs of features")
     if c.max_tokens < 2:
         fail("max_position_embeddings", f"leaves {c.max_tokens} position(s) for tokens"
@@ -299,9 +276,9 @@ def param_count(c, **instead) -> int:
         return instead.get(field, getattr(c, field))
     H, I, V = get("hidden_size"), get("intermediate_size"), get("vocab_size")
     E = get("embedding_size") or H
-    positions = 0 if c.pre_norm else get("max_position_embeddings")
+    positions = get("max_position_embeddings") if c.family.position_table else 0
     embeddings = (V + positions + get("type_vocab_size")) * E + 2 * E + (E * H + H if E != H else 0)
-    layer = 4 * H * H + (3 if c.pre_norm else 2) * H * I + 8 * H + 2 * I
+    layer = 4 * H * H + (3 if c.family.geglu else 2) * H * I + 8 * H + 2 * I
     head = H * H + H * max(len(c.id2label or ()), 2) + V  # pooler or dense, classifier, a masked LM's bias
     return embeddings + get("num_hidden_layers") * layer + head
 
@@ -328,60 +305,6 @@ def size(n: int) -> str:
 def bert_architecture(d: dict) -> str:
     """config.json's architecture under BERT's stem (RobertaForSequenceClassification -> BertForSequenceClassification):
     minift has one model class per task, whatever the family."""
-    stem = FAMILIES.get(d.get("model_type", "bert"), "Bert")
+    stem = FAMILIES[d["model_type"]].stem if d.get("model_type") in FAMILIES else "Bert"
     arch = (d.get("architectures") or [f"{stem}Model"])[0]
     return "Bert" + arch.removeprefix(stem) if arch.startswith(stem) else arch
-
-
-# Defaults of the families' transformers configs where they differ from BERT's.
-DEFAULTS = {
-    "roberta": {"vocab_size": 50265, "pad_token_id": 1}, "xlm-roberta": {"pad_token_id": 1},
-    "camembert": {"pad_token_id": 1},
-    "electra": {"embedding_size": 128, "hidden_size": 256, "num_attention_heads": 4, "intermediate_size": 1024},
-    "distilbert": {"n_layers": 6, "dim": 768, "n_heads": 12, "hidden_dim": 3072, "activation": "gelu",
-                   "seq_classif_dropout": 0.2, "type_vocab_size": 0, "layer_norm_eps": 1e-12},
-    "modernbert": {"vocab_size": 50368, "intermediate_size": 1152, "num_hidden_layers": 22,
-                   "max_position_embeddings": 8192, "norm_eps": 1e-5, "pad_token_id": 50283,
-                   "hidden_activation": "gelu", "embedding_dropout": 0.0, "mlp_dropout": 0.0, "attention_dropout": 0.0,
-                   "classifier_dropout": 0.0, "type_vocab_size": 0},
-}
-BIASES = ("norm_bias", "attention_bias", "mlp_bias", "classifier_bias")
-
-
-def _from_modernbert(d: dict) -> dict:
-    """ModernBERT's config.json, old (global_rope_theta, global_attn_every_n_layers) or new (rope_parameters,
-    layer_types) style -> BertConfig's fields."""
-    biases = {k: d.get(k, False) for k in BIASES}
-    odd = next((k for k, v in biases.items() if not isinstance(v, bool)), None)
-    if odd:
-        raise MiniftError(f"config: {odd}={biases[odd]!r}: expected true or false")
-    if len(set(biases.values())) > 1:
-        raise MiniftError(f"config: {biases} differ; minift supports ModernBERT with all of them alike")
-    if d["embedding_dropout"] != d["mlp_dropout"]:
-        raise MiniftError(f"config: embedding_dropout={d['embedding_dropout']} differs from mlp_dropout="
-                          f"{d['mlp_dropout']}; minift applies one hidden dropout to both")
-    rope = d.get("rope_parameters") or {}
-    if not isinstance(rope, dict) or not all(isinstance(v, dict) for v in rope.values()):
-        raise MiniftError(f"config: rope_parameters={rope!r}: expected an object of objects, "
-                          '{"full_attention": {"rope_theta": ...}, "sliding_attention": {...}}')
-    for kind in ("full_attention", "sliding_attention"):
-        if rope.get(kind, {}).get("rope_type", "default") != "default":
-            raise MiniftError(f"config: rope_parameters.{kind}.rope_type={rope[kind]['rope_type']!r} is not "
-                              "supported; only 'default' rotary embeddings are implemented")
-    every = d.get("global_attn_every_n_layers", 3)
-    n = d.get("num_hidden_layers", 22)
-    for key, value in (("global_attn_every_n_layers", every), ("num_hidden_layers", n)):
-        if not is_whole(value, 1):
-            raise MiniftError(f"config: {key}={value!r}: expected a whole number >= 1")
-    return {**d, "bias": biases["norm_bias"],
-            "rope_theta": rope.get("full_attention", {}).get("rope_theta", d.get("global_rope_theta", 160_000.0)),
-            "local_rope_theta": rope.get("sliding_attention", {}).get("rope_theta", d.get("local_rope_theta", 10_000.0)),
-            "layer_types": d.get("layer_types") or
-            ["sliding_attention" if i % every else "full_attention" for i in range(n)]}
-
-
-def _to_modernbert(d: dict) -> dict:
-    rope = {"full_attention": {"rope_type": "default", "rope_theta": d.pop("rope_theta")},
-            "sliding_attention": {"rope_type": "default", "rope_theta": d.pop("local_rope_theta")}}
-    bias = d.pop("bias")
-    return {**d, **dict.fromkeys(BIASES, bias), "rope_parameters": rope, "embedding_dropout": d["hidden_dropout_prob"]}

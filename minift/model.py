@@ -6,7 +6,8 @@ nh heads, hd = H // nh head size, I intermediate, R >= N packed rows. Between at
 are [R, H]: padding costs nothing there (see Packing).
 BERT: post-LayerNorm residual blocks, absolute position embeddings, exactly as the original BERT
 and Hugging Face's BertModel compute them, so pretrained checkpoints load unchanged (minift/checkpoint.py
-maps the names). The descendants differ in a few places, each switched by a BertConfig property:
+maps the names). The descendants differ in a few places, each switched by a BertConfig field or a named
+switch of the family (cfg.family.rotary, ...: minift/families.py):
   RoBERTa, XLM-R, CamemBERT  positions count real tokens from pad_token_id + 1 (Bert.encode)
   DistilBERT                 no token types (Embeddings)
   ELECTRA                    embeddings of width E < H, projected up (Embeddings)
@@ -176,7 +177,8 @@ class Embeddings(nn.Module):
         E = cfg.embedding_size or cfg.hidden_size
         # padding_idx keeps the [PAD] row's gradient at zero, as Hugging Face's BERT does.
         self.word = nn.Embedding(cfg.vocab_size, E, padding_idx=cfg.pad_token_id)
-        self.position = None if cfg.pre_norm else nn.Embedding(cfg.max_position_embeddings, E)  # rotary instead
+        # None: rotary positions instead
+        self.position = nn.Embedding(cfg.max_position_embeddings, E) if cfg.family.position_table else None
         self.token_type = nn.Embedding(cfg.type_vocab_size, E) if cfg.type_vocab_size else None
         self.ln = nn.LayerNorm(E, eps=cfg.layer_norm_eps, bias=cfg.bias)
         self.drop = Dropout(cfg.hidden_dropout_prob)
@@ -245,18 +247,18 @@ class Layer(nn.Module):
     def __init__(self, cfg: BertConfig, first: bool = False, local: bool = False):
         super().__init__()
         H, I, bias = cfg.hidden_size, cfg.intermediate_size, cfg.bias
-        self.pre_norm = cfg.pre_norm
+        self.pre_norm, self.geglu = cfg.family.pre_norm, cfg.family.geglu
         self.attn = SelfAttention(cfg, local)
         # Pre-LN: the embeddings' LayerNorm is the first layer's input norm already.
         self.ln1 = None if self.pre_norm and first else nn.LayerNorm(H, eps=cfg.layer_norm_eps, bias=bias)
-        self.fc = nn.Linear(H, 2 * I if self.pre_norm else I, bias=bias)  # pre-LN families use GeGLU: value, gate
+        self.fc = nn.Linear(H, 2 * I if self.geglu else I, bias=bias)  # GeGLU: value, gate
         self.proj = nn.Linear(I, H, bias=bias)
         self.ln2 = nn.LayerNorm(H, eps=cfg.layer_norm_eps, bias=bias)
         self.act = ACT[cfg.hidden_act]
         self.drop = Dropout(cfg.hidden_dropout_prob)
 
     def mlp(self, x):  # [.., H] -> [.., I] -> [.., H]
-        if not self.pre_norm:
+        if not self.geglu:
             return self.proj(self.act(self.fc(x)))
         value, gate = self.fc(x).chunk(2, dim=-1)
         return self.proj(self.act(value) * gate)
@@ -307,7 +309,7 @@ class Bert(nn.Module):
         self.embeddings = Embeddings(config)
         self.layers = nn.ModuleList(Layer(config, first=i == 0, local=local) for i, local in enumerate(config.sliding))
         self.final_ln = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps, bias=config.bias) \
-            if config.pre_norm else None
+            if config.family.final_norm else None
         self.pooler = nn.Linear(config.hidden_size, config.hidden_size) if pooler else None
         init_weights(self, config.initializer_range)
         if config.sinusoidal_pos_embds:  # DistilBERT's fixed table: sin at even features, cos at odd ones
@@ -335,7 +337,7 @@ class Bert(nn.Module):
         ids, types, positions = (pack.rows(t) for t in (input_ids, token_type_ids, positions))  # [R] each
         x = self.embeddings(ids, types, positions)  # [R, H]
         ropes = {False: None}  # by "is the layer local"
-        if cfg.pre_norm:
+        if cfg.family.rotary:
             ropes = {False: rotary(cfg, cfg.rope_theta, positions), True: rotary(cfg, cfg.local_rope_theta, positions)}
         for i, (layer, local) in enumerate(zip(self.layers, cfg.sliding)):
             last = cls_only and i == len(self.layers) - 1

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from minift import Bert, BertConfig, MiniftError
-from minift.checkpoint import LAYOUTS, hf_tensor_names
-from minift.config import FAMILIES
+from minift.checkpoint import hf_tensor_names
+from minift.families import FAMILIES
 from minift.tasks.classify import BertClassifier
 
 transformers = pytest.importorskip("transformers")
@@ -101,7 +101,7 @@ def assert_like_transformers(ours, hf, outputs, d, auto):
     Then minift's save to d loads in transformers (auto) as hf's very class, named so in config.json, and
     outputs(model) of it is within 1e-6 of hf's."""
     # (remove_duplicate=False: a masked LM's decoder, tied to the word embeddings, keeps its own name)
-    params, prefix = dict(hf.named_parameters(remove_duplicate=False)), LAYOUTS[ours.config.model_type][0]
+    params, prefix = dict(hf.named_parameters(remove_duplicate=False)), ours.config.family.prefix
     for name, p in ours.named_parameters():
         own = f"{prefix}." if name.startswith("bert.") else ""
         grads = [params[own + n].grad for n in hf_tensor_names(ours, name)]
@@ -245,7 +245,7 @@ def test_sequence_classifier_matches_transformers_both_ways(family, kw, tmp_path
     assert rel(logits, o.logits) <= 1e-5 and rel(loss, o.loss) <= 1e-5
     o.loss.backward()
     loss.backward()
-    assert type(hf).__name__ == f"{FAMILIES[family]}ForSequenceClassification"
+    assert type(hf).__name__ == f"{FAMILIES[family].stem}ForSequenceClassification"
     assert_like_transformers(ours, hf, lambda model: model(input_ids=ids, attention_mask=mask).logits,
                              tmp_path / "ours", auto)
 
@@ -293,7 +293,7 @@ def test_cli_fine_tuning_memorises_a_batch(family, layout, kw, tmp_path, capsys)
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["accuracy"] == 1.0 and metrics["loss"] < 0.1, metrics
     saved = json.loads((tmp_path / "out" / "config.json").read_text())
-    assert saved["model_type"] == family and saved["architectures"] == [f"{FAMILIES[family]}ForSequenceClassification"]
+    assert saved["model_type"] == family and saved["architectures"] == [f"{FAMILIES[family].stem}ForSequenceClassification"]
 
 
 TAGGED = [("Barack Obama visited Paris .", "B-PER I-PER O B-LOC O"), ("Crème brûlée in Zürich", "O O O B-LOC"),
@@ -321,7 +321,7 @@ def test_cli_tagging_with_byte_level_bpe_memorises_a_file(family, layout, kw, tm
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["accuracy"] == 1.0 and metrics["f1"] == 1.0, metrics
     saved = json.loads((tmp_path / "out" / "config.json").read_text())
-    assert saved["architectures"] == [f"{FAMILIES[family]}ForTokenClassification"]
+    assert saved["architectures"] == [f"{FAMILIES[family].stem}ForTokenClassification"]
     assert main(["predict", "--model", str(tmp_path / "out"), "--device", "cpu", *[t for t, _ in TAGGED]]) == 0
     rows = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     for row, (text, tags) in zip(rows, TAGGED):
@@ -352,6 +352,6 @@ def test_qa_head_matches_transformers_both_ways(family, kw, tmp_path):
     assert rel(loss1, full.loss) <= 1e-5
     full.loss.backward()
     loss1.backward()
-    assert type(hf).__name__ == f"{FAMILIES[family]}ForQuestionAnswering"
+    assert type(hf).__name__ == f"{FAMILIES[family].stem}ForQuestionAnswering"
     assert_like_transformers(ours, hf, lambda model: torch.stack(model(input_ids=ids, attention_mask=mask)[:2])[:, m],
                              tmp_path / "ours", auto)

@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from minift.cli import main
-from minift.config import FAMILIES, BertConfig
+from minift.config import BertConfig
+from minift.families import FAMILIES
 from minift.errors import MiniftError
 from minift.tasks import TaskOptions, get
 from minift.tasks.mlm import BertForMaskedLM, Texts
@@ -49,7 +50,7 @@ def test_masked_lm_matches_transformers_both_ways(family, kw, tmp_path):
         assert rel(ours(ids, mask)[m], o.logits[m]) <= 1e-5  # every real token's row
     o.loss.backward()
     loss.backward()
-    assert type(hf).__name__ == f"{FAMILIES[family]}ForMaskedLM"
+    assert type(hf).__name__ == f"{FAMILIES[family].stem}ForMaskedLM"
     assert_like_transformers(ours, hf, lambda model: model(input_ids=ids, attention_mask=mask).logits[m],
                              tmp_path / "ours", auto)
 
@@ -69,7 +70,7 @@ def test_token_classifier_matches_transformers_both_ways(family, kw, tmp_path):
     assert rel(logits[m], o.logits[m]) <= 1e-5 and rel(loss, o.loss) <= 1e-5
     o.loss.backward()
     loss.backward()
-    assert type(hf).__name__ == f"{FAMILIES[family]}ForTokenClassification"
+    assert type(hf).__name__ == f"{FAMILIES[family].stem}ForTokenClassification"
     assert_like_transformers(ours, hf, lambda model: model(input_ids=ids, attention_mask=mask).logits[m],
                              tmp_path / "ours", auto)
 
@@ -174,7 +175,7 @@ def test_cli_masked_lm_training_lowers_the_loss(family, layout, kw, tmp_path, ca
     after = run_eval(tmp_path / "out", texts, capsys)
     assert before["loss"] > 6 and after["loss"] < before["loss"] - 2, (before, after)
     saved = json.loads((tmp_path / "out" / "config.json").read_text())
-    assert saved["model_type"] == family and saved["architectures"] == [f"{FAMILIES[family]}ForMaskedLM"]
+    assert saved["model_type"] == family and saved["architectures"] == [f"{FAMILIES[family].stem}ForMaskedLM"]
     mask = Tokenizer.from_dir(d).specials["mask"]  # [MASK], <mask>
     assert main(["predict", "--model", str(tmp_path / "out"), f"the movie {mask} good", *FAST]) == 0
     masks = json.loads(capsys.readouterr().out)["masks"]
@@ -196,4 +197,4 @@ def test_cli_tagging_memorises_a_batch(family, kw, tmp_path, capsys):
     metrics = run_eval(tmp_path / "out", data, capsys)
     assert metrics["accuracy"] == 1.0, metrics
     saved = json.loads((tmp_path / "out" / "config.json").read_text())
-    assert saved["model_type"] == family and saved["architectures"] == [f"{FAMILIES[family]}ForTokenClassification"]
+    assert saved["model_type"] == family and saved["architectures"] == [f"{FAMILIES[family].stem}ForTokenClassification"]

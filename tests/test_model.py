@@ -288,3 +288,14 @@ def test_attention_dropout_statistics(sdpa):
     kept = draws[real & (draws != 0)]
     assert torch.allclose(kept, ref.expand_as(draws)[real & (draws != 0)] / (1 - p), rtol=1e-5)
     assert torch.allclose(draws.mean(0)[mask.expand_as(ref)], ref[mask.expand_as(ref)], rtol=0.05, atol=0.01)
+
+
+def test_the_model_and_the_tasks_read_the_family_never_model_type():
+    """Each family's differences live in minift/families.py: the model and the task heads read named properties
+    of config.family, so a new family needs no edit there (docs/families.md)."""
+    from minift.families import FAMILIES
+    files = [ROOT / "minift" / "model.py", *sorted((ROOT / "minift" / "tasks").glob("*.py"))]
+    for f in files:
+        text = f.read_text(encoding="utf-8")
+        assert "model_type" not in text, f
+        assert not [t for t in FAMILIES if f'"{t}"' in text], f  # no family named by its model_type

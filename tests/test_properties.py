@@ -16,7 +16,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from minift.config import FAMILIES, RENAMES, BertConfig, param_count
+from minift.config import BertConfig, param_count
+from minift.families import FAMILIES
 from minift.model import Bert
 from minift.data import read_dataset
 from minift.errors import MiniftError
@@ -283,7 +284,7 @@ VALUE = st.one_of(st.none(), st.booleans(), st.integers(-2, 70), st.sampled_from
                   st.dictionaries(st.sampled_from(["0", "1", "2", "x", "-1"]), st.sampled_from(["a", "b", 1, None]),
                                   max_size=3))
 # Every name some family's config.json has for a setting minift reads.
-CONFIG_KEYS = sorted({f.name for f in dataclasses.fields(BertConfig)} | set().union(*map(set, RENAMES.values()))
+CONFIG_KEYS = sorted({f.name for f in dataclasses.fields(BertConfig)} | set().union(*(f.renames for f in FAMILIES.values()))
                      | {"num_labels", "global_attn_every_n_layers", "rope_parameters", "embedding_dropout",
                         "norm_bias", "is_decoder", "global_rope_theta"})
 

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from minift.config import BertConfig
 from minift.data import Dataset, read_dataset
 from minift.errors import MiniftError
+from minift.families import activation
 from minift.model import ACT, Bert, Dropout, init_weights
 
 def put(root: nn.Module, path: str, module: nn.Module | nn.Parameter):
@@ -34,15 +35,6 @@ PROBLEM_TYPE = {"classify": "single_label_classification", "multilabel": "multi_
                 "regression": "regression"}
 
 
-# Each family's sequence head: dense -> activation (-> LayerNorm) -> dropout -> out, on the first token's
-# vector (ModernBERT: or the mean of all). The paths of dense, norm and out are the family's Hugging Face names.
-HEADS = {"bert": ("bert.pooler", None, "classifier"), "roberta": ("classifier.dense", None, "classifier.out_proj"),
-         "distilbert": ("pre_classifier", None, "classifier"), "modernbert": ("head.dense", "head.norm", "classifier")}
-HEADS.update(dict.fromkeys(("xlm-roberta", "camembert", "electra"), HEADS["roberta"]))
-ACTIVATION = {"bert": "tanh", "roberta": "tanh", "xlm-roberta": "tanh", "camembert": "tanh", "electra": "gelu",
-              "distilbert": "relu"}  # ModernBERT: its config's classifier_activation
-
-
 class BertClassifier(nn.Module):
     """An encoder of the BERT family + its family's sequence classification head
     (BertForSequenceClassification, RobertaForSequenceClassification, ...)."""
@@ -51,22 +43,24 @@ class BertClassifier(nn.Module):
     def __init__(self, config: BertConfig):
         super().__init__()
         self.config = config
-        family = config.model_type
-        self.POOLER = family == "bert"  # its head's dense layer is the encoder's pooler
+        # The family's sequence head: dense -> activation (-> LayerNorm) -> dropout -> out, on the first token's
+        # vector (ModernBERT: or the mean of all), under the family's Hugging Face names (minift/families.py).
+        family = config.family
+        self.POOLER = family.pooler_is_head  # BERT's: its head's dense layer is the encoder's pooler
         self.bert = Bert(config, pooler=False)
         H, bias = config.hidden_size, config.bias
-        self.parts = HEADS[family]
+        self.parts = family.seq_head
         dense, norm, out = self.parts
         put(self, dense, nn.Linear(H, H, bias=bias))
         if norm:
             put(self, norm, nn.LayerNorm(H, eps=config.layer_norm_eps, bias=bias))
         put(self, out, nn.Linear(H, config.num_labels))
         self.HEAD = tuple({path.split(".")[0] + "." for path in (dense, norm, out) if path and path[:5] != "bert."})
-        self.act = ACT[ACTIVATION.get(family, config.classifier_activation)]
+        self.act = ACT[activation(config, family.seq_act)]
         p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
         self.drop = Dropout(p)
-        self.drop_in = family in ("roberta", "xlm-roberta", "camembert", "electra")  # dropout before dense too
-        self.mean = config.pre_norm and config.classifier_pooling == "mean"
+        self.drop_in = family.seq_drop_in  # dropout before dense too
+        self.mean = family.mean_pooling and config.classifier_pooling == "mean"
         for path in filter(None, self.parts):  # the encoder's weights come from the checkpoint
             init_weights(self.get_submodule(path), config.initializer_range)
 

@@ -21,10 +21,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from minift.checkpoint import LM_HEADS
 from minift.config import BertConfig
 from minift.data import FORMATS, read_dataset
 from minift.errors import MiniftError
+from minift.families import FAMILIES, activation
 from minift.model import ACT, Bert, init_weights
 from minift.tasks.classify import put
 
@@ -34,11 +34,12 @@ TOP_K = 5  # predictions shown per [MASK] by predict
 
 class BertForMaskedLM(nn.Module):
     """An encoder of the BERT family + its family's masked-LM head, under the family's Hugging Face names
-    (LM_HEADS); the decoder weight is bert.embeddings.word.weight. ELECTRA's is its generator's head, which
-    narrows to embedding_size before the decoder."""
+    (Family.lm_head, minift/families.py); the decoder weight is bert.embeddings.word.weight. ELECTRA's is its
+    generator's head, which narrows to embedding_size before the decoder."""
     ARCHITECTURE = "BertForMaskedLM"  # the family's stem replaces Bert on save
     # The head's modules and bias in every family's names: loading keeps whichever the checkpoint's family has.
-    HEAD = tuple({f"{m}." for names in LM_HEADS.values() for m in names[:3]} | {n[3] for n in LM_HEADS.values()})
+    HEAD = tuple({f"{m}." for f in FAMILIES.values() for m in f.lm_head[:3]}
+                 | {f.lm_head[3] for f in FAMILIES.values()})
     POOLER = False
     PRETRAINED_HEAD = True  # BERT checkpoints usually carry this head: starting without it is worth a note
 
@@ -49,8 +50,8 @@ class BertForMaskedLM(nn.Module):
                               "masked-LM decoder is the word embeddings themselves")
         self.config = config
         self.bert = Bert(config, pooler=False)
-        E, family = config.embedding_size or config.hidden_size, config.model_type
-        self.parts = dense, norm, _, bias = LM_HEADS[family]
+        E = config.embedding_size or config.hidden_size
+        self.parts = dense, norm, _, bias = config.family.lm_head
         put(self, dense, nn.Linear(config.hidden_size, E, bias=config.bias))
         put(self, norm, nn.LayerNorm(E, eps=config.layer_norm_eps, bias=config.bias))
         init_weights(self.get_submodule(dense), config.initializer_range)
@@ -60,8 +61,7 @@ class BertForMaskedLM(nn.Module):
         # the decoder's weight from its files and ties it on load, as here).
         if config.decoder_bias:
             put(self, bias, nn.Parameter(torch.zeros(config.vocab_size)))
-        act = {"bert": config.hidden_act, "distilbert": config.hidden_act, "modernbert": config.classifier_activation}
-        self.act = ACT[act.get(family, "gelu")]  # RoBERTa's and ELECTRA's generator's: GELU whatever hidden_act
+        self.act = ACT[activation(config, config.family.lm_act)]  # RoBERTa's: GELU whatever hidden_act
 
     def logits(self, x):  # [M, H] -> [M, E] -> [M, V]
         dense, norm, _, bias = self.parts

@@ -42,7 +42,7 @@ class BertQA(nn.Module):
         self.config = config
         self.bert = Bert(config, pooler=False)
         H = config.hidden_size
-        if config.pre_norm:
+        if config.family.prediction_head:
             self.HEAD = ("head.", "classifier.")
             self.head = PredictionHead(config)
             self.classifier = nn.Linear(H, 2)
@@ -53,7 +53,7 @@ class BertQA(nn.Module):
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, start_positions=None, end_positions=None):
         x, pack = self.bert.encode(input_ids, attention_mask, token_type_ids)  # [N, H] real tokens
-        if self.config.pre_norm:
+        if self.config.family.prediction_head:
             x = self.classifier(self.head(x))
         else:
             x = self.qa_outputs(x)

@@ -51,7 +51,7 @@ class BertTagger(nn.Module):
         super().__init__()
         self.config = config
         self.bert = Bert(config, pooler=False)
-        if config.pre_norm:
+        if config.family.prediction_head:
             self.HEAD = ("head.", "classifier.")
             self.head = PredictionHead(config)
         p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
@@ -63,7 +63,7 @@ class BertTagger(nn.Module):
         """-> logits [B, T, C] (zeros at padding), and with labels [B, T] the mean cross-entropy over
         the labels that are not -100. Padding is never computed, so its labels do not count."""
         x, pack = self.bert.encode(input_ids, attention_mask, token_type_ids)  # [N, H] real tokens
-        if self.config.pre_norm:
+        if self.config.family.prediction_head:
             x = self.head(x)
         logits = self.classifier(self.drop(x))  # [N, C]
         if labels is None:
