@@ -29,7 +29,9 @@ TRAIN_HELP = {
     "grad_accum": "micro-batches accumulated into one optimizer step",
     "max_length": "tokens per example, [CLS] and [SEP] included; longer texts are truncated "
                   "(default 128, qa 384 per window, or the model's max_position_embeddings if smaller)",
-    "warmup": "fraction of steps spent warming the learning rate up from 0 (then linear decay to 0)",
+    "warmup": "fraction of steps spent warming the learning rate up from 0, before the --schedule",
+    "schedule": "the learning rate after warmup: linear (decay to 0), cosine (decay to --min-lr-ratio) or constant",
+    "min_lr_ratio": "cosine: the rate it decays to at the last step, as a fraction of --lr",
     "weight_decay": "AdamW decoupled weight decay, applied to matrices and embeddings only",
     "max_grad_norm": "clip the global gradient norm to this",
     "layer_decay": "layer-wise learning-rate decay: each layer below the head gets this factor more (1 = off)",

@@ -36,7 +36,7 @@ from minift.model import count_params
 from minift.modes import apply_mode, merge_lora, parse_mode
 from minift.predict import run_model
 from minift.tokenizer import Tokenizer
-from minift.train_step import (make_loss_fn, make_optimizer, make_schedule, pick_device, pick_precision,
+from minift.train_step import (SCHEDULES, make_loss_fn, make_optimizer, make_schedule, pick_device, pick_precision,
                                train_step)
 
 # A frozen encoder leaves few, freshly initialised parameters to move: they take larger steps.
@@ -63,6 +63,8 @@ class RunConfig(tasks.TaskOptions):
     grad_accum: int = 1
     max_length: int | None = None  # the task's default_max_length, or fewer if the model has fewer positions
     warmup: float = 0.1
+    schedule: str = "linear"
+    min_lr_ratio: float = 0.0
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
     layer_decay: float = 1.0
@@ -91,6 +93,11 @@ class RunConfig(tasks.TaskOptions):
                               "([CLS] and [SEP] included)")
         if not 0 <= self.warmup < 1:
             raise MiniftError(f"--warmup {self.warmup}: expected the warmup fraction of all steps, in [0, 1)")
+        if self.schedule not in SCHEDULES:
+            raise MiniftError(f"--schedule {self.schedule!r}: expected one of {', '.join(SCHEDULES)}")
+        if not 0 <= self.min_lr_ratio <= 1 or (self.min_lr_ratio and self.schedule != "cosine"):
+            raise MiniftError(f"--min-lr-ratio {self.min_lr_ratio}: expected a fraction of the peak rate in [0, 1], "
+                              "with --schedule cosine")
         if self.weight_decay < 0:
             raise MiniftError(f"--weight-decay {self.weight_decay}: expected a number >= 0")
         task = tasks.get(self.task)
@@ -208,7 +215,7 @@ def setup(cfg: RunConfig, resume: bool, allow_pickle: bool, log) -> Run:
     batches_per_epoch = math.ceil(len(train_feats.ids) / cfg.batch_size)
     total_steps = cfg.max_steps or cfg.epochs * math.ceil(batches_per_epoch / cfg.grad_accum)
     opt = make_optimizer(net, cfg.lr, cfg.weight_decay, cfg.layer_decay)
-    sched = make_schedule(opt, int(cfg.warmup * total_steps), total_steps)
+    sched = make_schedule(opt, int(cfg.warmup * total_steps), total_steps, cfg.schedule, cfg.min_lr_ratio)
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
     # Under torchrun, DDP averages the gradients of the ranks' slices of each global batch.
     ddp = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else net

@@ -3,6 +3,8 @@
 Everything a step needs is built here too: the AdamW parameter groups, the learning-rate
 schedule, the precision and the (optionally compiled) loss function.
 """
+import math
+
 import torch
 import torch.nn as nn
 
@@ -79,12 +81,22 @@ def layer_depths(model: nn.Module) -> dict[str, int]:
     return out
 
 
-def make_schedule(optimizer, warmup_steps: int, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warmup from 0 to the peak rate, then linear decay to 0 at total_steps."""
+SCHEDULES = ("linear", "cosine", "constant")
+
+
+def make_schedule(optimizer, warmup_steps: int, total_steps: int, kind: str = "linear",
+                  min_ratio: float = 0.0) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warmup from 0 to the peak rate, then `kind`: linear decay to 0 at total_steps, cosine decay
+    to min_ratio of the peak, or constant. These are transformers' schedules (get_scheduler: linear,
+    cosine_with_min_lr, constant_with_warmup) one step ahead: their first step, at rate 0, moves nothing,
+    so warmup here starts at 1 / (warmup_steps + 1) of the peak."""
     def factor(step):
         if step < warmup_steps:
             return (step + 1) / (warmup_steps + 1)
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        if kind == "cosine":
+            return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        return 1.0 if kind == "constant" else max(0.0, 1 - progress)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
