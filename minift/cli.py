@@ -35,6 +35,9 @@ TRAIN_HELP = {
     "weight_decay": "AdamW decoupled weight decay, applied to matrices and embeddings only",
     "max_grad_norm": "clip the global gradient norm to this",
     "layer_decay": "layer-wise learning-rate decay: each layer below the head gets this factor more (1 = off)",
+    "class_weights": "weight each class in the loss: balanced (inverse frequency, as scikit-learn's), a file, "
+                     "or label=w,...; classify, tag; multilabel: each label's positive weight (default none)",
+    "label_smoothing": "classify, tag: cross-entropy against the labels smoothed by this much",
     "mode": "full (every layer trains), head (pooler and classifier only), top-N (last N layers + head), "
             "lora (low-rank adapters, merged into the weights on save)",
     "lora_rank": "rank of the LoRA adapters", "lora_alpha": "LoRA scale numerator (scale = alpha / rank)",

@@ -27,6 +27,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from minift import tasks
+from minift.class_weights import TASKS as CLASS_WEIGHT_TASKS, class_weights
 from minift.checkpoint import append_line, atomic_write, load_train_state, save_train_state
 from minift.config import BertConfig, bert_architecture
 from minift.data import length_batches
@@ -68,6 +69,8 @@ class RunConfig(tasks.TaskOptions):
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
     layer_decay: float = 1.0
+    class_weights: str | None = None  # balanced, FILE or label=w,... (minift/class_weights.py)
+    label_smoothing: float = 0.0
     mode: str = "full"
     lora_rank: int = 8
     lora_alpha: float = 16.0
@@ -98,6 +101,12 @@ class RunConfig(tasks.TaskOptions):
         if not 0 <= self.min_lr_ratio <= 1 or (self.min_lr_ratio and self.schedule != "cosine"):
             raise MiniftError(f"--min-lr-ratio {self.min_lr_ratio}: expected a fraction of the peak rate in [0, 1], "
                               "with --schedule cosine")
+        if not 0 <= self.label_smoothing < 1 or (self.label_smoothing and self.task not in ("classify", "tag")):
+            raise MiniftError(f"--label-smoothing {self.label_smoothing}: expected a number in [0, 1), "
+                              "for --task classify or tag")
+        if self.class_weights is not None and self.task not in CLASS_WEIGHT_TASKS:
+            raise MiniftError(f"--class-weights is for --task {', '.join(CLASS_WEIGHT_TASKS)}, "
+                              f"and this is --task {self.task}")
         if self.weight_decay < 0:
             raise MiniftError(f"--weight-decay {self.weight_decay}: expected a number >= 0")
         task = tasks.get(self.task)
@@ -203,12 +212,22 @@ def setup(cfg: RunConfig, resume: bool, allow_pickle: bool, log) -> Run:
         if ds is not None and getattr(ds, "skipped_empty", 0):
             print(f"{ds.path}: skipped {ds.skipped_empty} example(s) with empty text", file=log)
     net, tok, note = load_model(task, cfg, task.label_names(tr), allow_pickle)
+    settings = dataclasses.asdict(cfg)
     if resume:
-        check_same_settings(out, cfg)
+        check_same_settings(out, settings)
     train_feats = task.features(tr, tok, cfg.max_length, net.config, cfg, log)
     dev_feats = task.features(dv, tok, cfg.max_length, net.config, cfg, log) if dv else None
     if note:  # after the data, whose errors come first and alone
         print(note, file=log)
+    weights = ""
+    if cfg.class_weights is not None:
+        net.class_weights = class_weights(cfg.class_weights, cfg.task, train_feats, net.config.id2label)
+        # run.json keeps the weights themselves: a FILE may change, and balanced depends on the data
+        settings["class_weight_values"] = dict(zip(net.config.id2label.values(), net.class_weights.tolist()))
+        if resume:
+            check_same_settings(out, settings)
+        weights = ", class weights " + " ".join(f"{k}={v:.4g}" for k, v in settings["class_weight_values"].items())
+    net.label_smoothing = cfg.label_smoothing
 
     apply_mode(net, cfg.mode, cfg.lora_rank, cfg.lora_alpha)
     net.to(device).train()
@@ -228,12 +247,12 @@ def setup(cfg: RunConfig, resume: bool, allow_pickle: bool, log) -> Run:
         out.mkdir(parents=True, exist_ok=True)
         for name in RUN_FILES:  # --overwrite: the old run goes whole, never half of it beside the new one
             (out / name).unlink(missing_ok=True)
-        settings = (json.dumps(dataclasses.asdict(cfg), indent=2) + "\n").encode()
-        atomic_write(out / "run.json", lambda f: f.write_bytes(settings), len(settings))
+        text = (json.dumps(settings, indent=2) + "\n").encode()
+        atomic_write(out / "run.json", lambda f: f.write_bytes(text), len(text))
     print(f"minift: {cfg.mode} fine-tuning for {cfg.task}, {count_params(net, True):,} of {count_params(net):,} "
           f"parameters train; {len(train_feats.ids)} examples, {total_steps} steps of {cfg.batch_size * cfg.grad_accum}; "
           f"device {device}, precision {amp_dtype or 'fp32'}, compile {'on' if compile else 'off'}"
-          + (f", {world} processes" if world > 1 else ""), file=log)
+          + (f", {world} processes" if world > 1 else "") + weights, file=log)
     return run
 
 
@@ -262,13 +281,13 @@ def load_model(task, cfg: RunConfig, id2label, allow_pickle: bool):
     return net, tok, note
 
 
-def check_same_settings(out: Path, cfg: RunConfig):
+def check_same_settings(out: Path, settings: dict):
     try:
         saved = json.loads((out / "run.json").read_text())
     except (OSError, ValueError) as e:
         raise MiniftError(f"--resume: {out / 'run.json'}, the record of the run's settings, cannot be read "
                           f"({e}); start a new run instead") from None
-    changed = {k: (saved.get(k), v) for k, v in dataclasses.asdict(cfg).items() if saved.get(k) != v}
+    changed = {k: (saved.get(k), v) for k, v in settings.items() if saved.get(k) != v}
     if changed:
         raise MiniftError(f"--resume: these settings differ from the run in {out} (was, now): {changed}; "
                           "resume with the same settings, or start a new run")

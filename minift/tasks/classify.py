@@ -68,6 +68,9 @@ class BertClassifier(nn.Module):
         self.mean = config.pre_norm and config.classifier_pooling == "mean"
         for path in filter(None, self.parts):  # the encoder's weights come from the checkpoint
             init_weights(self.get_submodule(path), config.initializer_range)
+        # Training's loss options (--class-weights, --label-smoothing): not saved with the model.
+        self.register_buffer("class_weights", None, persistent=False)  # [C]; multilabel: pos_weight
+        self.label_smoothing = 0.0
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None):
         # The first token's vector alone, unless the head averages: then the last layer computes only its rows.
@@ -100,8 +103,9 @@ class BertClassifier(nn.Module):
             return F.mse_loss(logits.squeeze(-1), labels.float().view(-1)) if self.config.num_labels == 1 \
                 else F.mse_loss(logits, labels.float())
         if kind == "single_label_classification":
-            return F.cross_entropy(logits, labels.view(-1))
-        return F.binary_cross_entropy_with_logits(logits, labels.float())
+            return F.cross_entropy(logits, labels.view(-1), weight=self.class_weights,
+                                   label_smoothing=self.label_smoothing)
+        return F.binary_cross_entropy_with_logits(logits, labels.float(), pos_weight=self.class_weights)
 
     @classmethod
     def from_pretrained(cls, path, allow_pickle: bool = False, id2label=None, problem_type=None,
