@@ -8,7 +8,8 @@ from pathlib import Path
 from minift.errors import MiniftError
 
 TRAIN_HELP = {
-    "eval": "dev set, evaluated after every epoch; the best model by --metric is the one kept in --out",
+    "eval": "dev set, evaluated after every epoch (and --eval-every steps); the best model by --metric is the one "
+            "kept in --out",
     "task": "classify (one label per text), multilabel (labels separated by | in CSV/TSV, or a JSON list), "
             "regression (a number), qa (extractive question answering on SQuAD .json/.jsonl), mlm (masked-LM "
             "adaptation on unlabelled text: .txt, one text per line, or the text column), tag (a tag per word: "
@@ -48,6 +49,11 @@ TRAIN_HELP = {
     "metric": "dev metric that picks the kept model: accuracy (default), macro_f1, loss; mse, pearson for regression; "
               "f1, exact, loss for qa; loss (default), accuracy, perplexity for mlm; tag: accuracy (default), "
               "loss, and f1, precision, recall when the tags are chunk tags (B-/I-/E-/S-, O)",
+    "eval_every": "also evaluate (keeping the best model) and save the checkpoint every N steps, besides each "
+                  "epoch's end",
+    "save_every": "also save the checkpoint for --resume every N steps",
+    "patience": "stop after this many evaluations without a better --metric (by more than --min-delta); needs --eval",
+    "min_delta": "--patience: the least change of --metric that counts as better",
     "seed": "seed for initialisation, dropout and data order",
 }
 
@@ -120,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_fields(parser, dataclass, skip=()):
     """One --flag per field of a settings dataclass (RunConfig, TaskOptions), typed by its default."""
-    types = {"max_steps": int, "lr": float, "max_length": int}  # fields whose default None says nothing of the type
+    types = {"max_steps": int, "lr": float, "max_length": int, "eval_every": int, "save_every": int, "patience": int}  # fields whose default None says nothing of the type
     for field in dataclasses.fields(dataclass):
         if field.name in skip:
             continue

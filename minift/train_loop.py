@@ -78,6 +78,10 @@ class RunConfig(tasks.TaskOptions):
     compile: str = "auto"
     device: str = "auto"
     metric: str | None = None
+    eval_every: int | None = None  # steps; besides each epoch's end
+    save_every: int | None = None  # steps
+    patience: int | None = None  # evaluations
+    min_delta: float = 0.0
     seed: int = 0
 
     def check(self):
@@ -86,7 +90,8 @@ class RunConfig(tasks.TaskOptions):
             if v is not None and (v <= 0 or (integer and int(v) != v)):
                 kind = "a positive whole number" if integer else "a positive number"
                 raise MiniftError(f"--{name.replace('_', '-')} {v}: expected {kind}")
-        for name in ("epochs", "max_steps", "batch_size", "grad_accum", "max_length", "lora_rank"):
+        for name in ("epochs", "max_steps", "batch_size", "grad_accum", "max_length", "lora_rank", "eval_every",
+                     "save_every", "patience"):
             positive(name)
         for name in ("lr", "max_grad_norm", "lora_alpha", "layer_decay"):  # lr None: set below
             positive(name, integer=False)
@@ -107,6 +112,10 @@ class RunConfig(tasks.TaskOptions):
         if self.class_weights is not None and self.task not in CLASS_WEIGHT_TASKS:
             raise MiniftError(f"--class-weights is for --task {', '.join(CLASS_WEIGHT_TASKS)}, "
                               f"and this is --task {self.task}")
+        if self.patience and not self.eval:
+            raise MiniftError(f"--patience {self.patience}: early stopping watches the dev set; give it with --eval")
+        if self.min_delta < 0:
+            raise MiniftError(f"--min-delta {self.min_delta}: expected a number >= 0")
         if self.weight_decay < 0:
             raise MiniftError(f"--weight-decay {self.weight_decay}: expected a number >= 0")
         task = tasks.get(self.task)
@@ -144,7 +153,8 @@ class Run:
     loss_fn: object
     total_steps: int
     batches_per_epoch: int
-    # step, epoch, batch (position in the epoch), best (dev metric kept), loss: saved in every checkpoint
+    # step, epoch, batch (position in the epoch), best (dev metric kept) and best_step, loss, evaluated (the
+    # step of the last evaluation), waited (evaluations without improvement), early_stop: saved in every checkpoint
     state: dict = field(default_factory=lambda: {"step": 0, "epoch": 0, "batch": 0, "best": None, "tokens": 0})
 
 
@@ -296,15 +306,20 @@ def check_same_settings(out: Path, settings: dict):
 # ---- phase 2: the loop ----
 
 def run_epochs(run: Run, stop: list) -> dict:
-    """Step until total_steps, evaluating after every epoch; a signal stops after the current step."""
+    """Step until total_steps or an early stop, evaluating after every epoch (and every --eval-every
+    steps); a signal stops after the current step."""
     cfg, state = run.cfg, run.state
     progress = Progress(run)
-    while state["step"] < run.total_steps:
+    while state["step"] < run.total_steps and not state.get("early_stop"):
         lengths = [len(x) for x in run.train_feats.ids]
         batches = length_batches(lengths, cfg.batch_size, seed=cfg.seed + state["epoch"])
         if run.world > 1:  # a batch too small to give every rank an example is left out
             batches = [b for b in batches if len(b) >= run.world]
         while state["batch"] < len(batches) and state["step"] < run.total_steps:
+            if state["batch"]:  # here, not after the step: a run stopped by a signal does it when resumed
+                between_epochs(run)
+                if state.get("early_stop"):
+                    break
             group = batches[state["batch"]: state["batch"] + cfg.grad_accum]
             stopping = one_step(run, group, stop)
             progress.update(group, lengths)
@@ -320,7 +335,7 @@ def run_epochs(run: Run, stop: list) -> dict:
             state["batch"] = 0
             evaluate_and_keep(run, state["epoch"])
             save_state(run)
-    if state["batch"]:  # stopped by max_steps inside an epoch
+    if state["batch"] and state.get("evaluated") != state["step"]:  # stopped by max_steps inside an epoch
         row = evaluate_and_keep(run, state["epoch"] + state["batch"] / run.batches_per_epoch)
         save_state(run)
     elif run.rank == 0:
@@ -332,6 +347,16 @@ def run_epochs(run: Run, stop: list) -> dict:
         # was seen to abort ("terminate called without an active exception"). Leave together.
         dist.barrier()
     return row
+
+
+def between_epochs(run: Run):
+    """After a step inside an epoch: --eval-every evaluates and saves the checkpoint, --save-every saves it."""
+    cfg, state = run.cfg, run.state
+    if cfg.eval_every and state["step"] % cfg.eval_every == 0 and state.get("evaluated") != state["step"]:
+        evaluate_and_keep(run, state["epoch"] + state["batch"] / run.batches_per_epoch)
+        save_state(run)
+    elif cfg.save_every and state["step"] % cfg.save_every == 0:
+        save_state(run)
 
 
 def one_step(run: Run, group: list[list[int]], stop: list) -> bool:
@@ -385,12 +410,22 @@ class Progress:
 # ---- phase 3: evaluation and keeping the best ----
 
 def evaluate_and_keep(run: Run, epoch_done: float) -> dict:
-    """Score the dev set (if any), save the model when it is the best so far, append a metrics.jsonl row."""
-    cfg, state = run.cfg, run.state
+    """Score the dev set (if any), save the model when it is the best so far, count the evaluations
+    without improvement (--patience), append a metrics.jsonl row."""
+    state = run.state
+    state["evaluated"] = state["step"]
     if run.world > 1:
         dist.barrier()  # every rank has finished the step; only rank 0 evaluates and writes
-        if run.rank != 0:
-            return {}
+    row = score_and_keep(run, epoch_done) if run.rank == 0 else {}
+    if run.world > 1 and run.cfg.patience:  # every rank stops with rank 0
+        flag = torch.tensor([float(bool(state.get("early_stop")))], device=run.device)
+        dist.broadcast(flag, 0)
+        state["early_stop"] = bool(flag.item())
+    return row
+
+
+def score_and_keep(run: Run, epoch_done: float) -> dict:
+    cfg, state = run.cfg, run.state
     loss = state.get("loss")  # NaN after a skipped step: null in JSON, which has no NaN
     row = {"step": state["step"], "epoch": round(epoch_done, 3),
            "train_loss": loss if loss is not None and math.isfinite(loss) else None}
@@ -399,16 +434,24 @@ def evaluate_and_keep(run: Run, epoch_done: float) -> dict:
         outputs = run_model(run.net, run.task, run.dev_feats, run.tok.pad_id, 2 * cfg.batch_size, run.device,
                             run.amp_dtype)
         row.update({f"dev_{k}": v for k, v in run.task.score(outputs, run.dev_feats).items()})
-        score = row[f"dev_{cfg.metric}"]
-        lower = cfg.metric in LOWER_IS_BETTER
-        better = state["best"] is None or (score < state["best"] if lower else score > state["best"])
+        score, best = row[f"dev_{cfg.metric}"], state["best"]
+        gain = None if best is None else (best - score if cfg.metric in LOWER_IS_BETTER else score - best)
+        better = gain is None or gain > 0
+        state["waited"] = 0 if gain is None or gain > cfg.min_delta else state.get("waited", 0) + 1
     if better:
-        state["best"] = row.get(f"dev_{cfg.metric}")
+        state["best"], state["best_step"] = row.get(f"dev_{cfg.metric}"), state["step"]
         save_model(run)
     row["kept"] = better
+    if cfg.patience and state.get("waited", 0) >= cfg.patience:
+        state["early_stop"] = True
+        row["early_stop"] = {"best_step": state["best_step"], f"best_dev_{cfg.metric}": state["best"]}
     append_line(run.out / "metrics.jsonl", json.dumps(row) + "\n")  # whole lines only, even on a full disk
-    print("  eval " + " ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()),
-          file=run.log)
+    print("  eval " + " ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()
+                               if k != "early_stop"), file=run.log)
+    if state.get("early_stop"):
+        print(f"minift: early stop at step {state['step']}: dev {cfg.metric} did not improve by more than "
+              f"{cfg.min_delta} in {cfg.patience} evaluations; kept the model of step {state['best_step']}, "
+              f"dev {cfg.metric} {state['best']:.4f}", file=run.log)
     return row
 
 

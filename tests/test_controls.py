@@ -198,3 +198,113 @@ def test_balanced_weights_of_tags_and_multilabel():
     multi = torch.tensor([[1, 0, 1], [0, 0, 1], [1, 1, 1], [0, 0, 1], [1, 0, 1]]).float()
     got = class_weights("balanced", "multilabel", SimpleNamespace(labels=multi), {0: "a", 1: "b", 2: "c"})
     assert got.tolist() == pytest.approx([2 / 3, 4.0, 1.0])
+
+
+# ---- evaluation by steps, early stopping ----
+
+@pytest.fixture(scope="module")
+def clf_data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("data")
+    return write_csv(d / "train.csv", 40, seed=1), write_csv(d / "dev.csv", 12, seed=2)
+
+
+def run(tiny_dir, data, out, **kw):
+    """40 examples in batches of 4: 10 steps an epoch."""
+    train_file, dev_file = data
+    opts = {**FAST, "max_steps": 12, "batch_size": 4, "lr": 1e-3, "seed": 3, "eval_every": 3, **kw}
+    return train(tiny_dir, train_file, out, eval=dev_file, log=io.StringIO(), **opts)
+
+
+def same_run(a, b):
+    ta, tb = tensors(a), tensors(b)
+    assert set(ta) == set(tb)
+    for k in ta:
+        assert torch.equal(ta[k], tb[k]), k
+    ra, rb = rows(a), rows(b)
+    assert rb and rb == ra[len(ra) - len(rb):]
+
+
+@pytest.fixture(scope="module")
+def by_steps(tiny_dir, clf_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("steps") / "out"
+    return out, run(tiny_dir, clf_data, out, metric="loss")
+
+
+def test_eval_every_keeps_the_best_of_all_evaluations(by_steps, clf_data):
+    from minift.predict import evaluate
+    out, row = by_steps
+    r = rows(out)
+    assert [(x["step"], x["epoch"]) for x in r] == [(3, 0.3), (6, 0.6), (9, 0.9), (10, 1.0), (12, 1.2)]
+    losses = [x["dev_loss"] for x in r]
+    best = losses.index(min(losses))
+    assert [x["kept"] for x in r] == [x["dev_loss"] < min(losses[:i], default=math.inf) for i, x in enumerate(r)]
+    m = evaluate(out, clf_data[1], precision="fp32", device="cpu")
+    assert m["loss"] == pytest.approx(losses[best], abs=1e-5)  # the saved model is the best evaluation's
+    assert row == r[-1]
+
+
+@pytest.mark.parametrize("at", [4, 6, 10])  # after a mid-epoch step; at an evaluation; at an epoch's end
+def test_eval_every_resumes_bit_identical(tiny_dir, clf_data, by_steps, tmp_path, monkeypatch, at):
+    b = tmp_path / "out"
+    with monkeypatch.context() as mp:
+        interrupt_at(mp, at)
+        assert run(tiny_dir, clf_data, b, metric="loss") == {"stopped_at": at}
+    assert run(tiny_dir, clf_data, b, metric="loss", resume=True) == by_steps[1]
+    same_run(by_steps[0], b)
+
+
+def test_save_every_saves_the_checkpoint_between_evaluations(tiny_dir, clf_data, tmp_path, monkeypatch):
+    import minift.train_loop as loop
+    saved, real = [], loop.save_state
+    monkeypatch.setattr(loop, "save_state", lambda r: (saved.append(r.state["step"]), real(r)))
+    run(tiny_dir, clf_data, tmp_path / "out", eval_every=4, save_every=3)
+    # evaluations at 4, 8, 10 (the epoch's end) and 12 (the last step); --save-every alone at 3, 6, 9
+    assert saved == [3, 4, 6, 8, 9, 10, 12]
+    assert [x["step"] for x in rows(tmp_path / "out")] == [4, 8, 10, 12]
+
+
+def test_patience_stops_at_the_right_evaluation_and_resumes_with_its_count(tiny_dir, clf_data, tmp_path,
+                                                                             monkeypatch):
+    """Every step evaluated; the run must stop at the first evaluation that ends `patience` evaluations in a
+    row whose dev loss is not below the best so far by more than min_delta."""
+    opts = dict(eval_every=1, max_steps=40, metric="loss", patience=3, min_delta=0.002, lr=3e-4)
+    log = io.StringIO()
+    row = train(tiny_dir, clf_data[0], tmp_path / "a", eval=clf_data[1], log=log, **{**FAST, "batch_size": 4,
+                                                                                      "seed": 3, **opts})
+    r = rows(tmp_path / "a")
+    best, waited, stop, best_step = math.inf, 0, None, None
+    for x in r:  # the rule, restated
+        waited = 0 if best - x["dev_loss"] > 0.002 else waited + 1
+        if x["dev_loss"] < best:
+            best, best_step = x["dev_loss"], x["step"]
+        if waited == 3:
+            stop = x["step"]
+            break
+    assert stop is not None and stop < 40, "the data must make it stop early"
+    assert r[-1]["step"] == stop and row == r[-1]
+    assert row["early_stop"] == {"best_step": best_step, "best_dev_loss": best}
+    assert (f"early stop at step {stop}" in log.getvalue() and f"kept the model of step {best_step}, "
+            f"dev loss {best:.4f}" in log.getvalue())
+    assert [x for x in r if x["kept"]][-1]["step"] == best_step
+    from minift.plot import panels, plot  # minift plot reads these rows: the stop is no curve
+    assert panels({"a": r}) == ["loss", "dev_accuracy", "dev_macro_f1"]
+    pytest.importorskip("matplotlib")
+    assert plot([tmp_path / "a"], tmp_path / "curves.png").stat().st_size > 0
+    # Interrupted after the count started, the resumed run stops at the same evaluation, with the same rows.
+    with monkeypatch.context() as mp:
+        interrupt_at(mp, stop - 1)
+        train(tiny_dir, clf_data[0], tmp_path / "b", eval=clf_data[1], log=io.StringIO(),
+              **{**FAST, "batch_size": 4, "seed": 3, **opts})
+    again = train(tiny_dir, clf_data[0], tmp_path / "b", eval=clf_data[1], log=io.StringIO(), resume=True,
+                  **{**FAST, "batch_size": 4, "seed": 3, **opts})
+    assert again == row
+    same_run(tmp_path / "a", tmp_path / "b")
+    # A finished (stopped) run resumed does nothing more.
+    assert train(tiny_dir, clf_data[0], tmp_path / "b", eval=clf_data[1], log=io.StringIO(), resume=True,
+                 **{**FAST, "batch_size": 4, "seed": 3, **opts}) == row
+    assert rows(tmp_path / "b") == r
+
+
+def test_patience_needs_a_dev_set(tiny_dir, clf_data, tmp_path):
+    with pytest.raises(MiniftError, match="--patience 2: .*--eval"):
+        train(tiny_dir, clf_data[0], tmp_path / "out", patience=2, log=io.StringIO(), **FAST)
