@@ -308,3 +308,30 @@ def test_patience_stops_at_the_right_evaluation_and_resumes_with_its_count(tiny_
 def test_patience_needs_a_dev_set(tiny_dir, clf_data, tmp_path):
     with pytest.raises(MiniftError, match="--patience 2: .*--eval"):
         train(tiny_dir, clf_data[0], tmp_path / "out", patience=2, log=io.StringIO(), **FAST)
+
+
+# ---- macro-F1 ----
+
+@pytest.mark.parametrize("gold, pred", [
+    ([0, 0, 1, 1, 2], [0, 1, 1, 1, 2]),  # every class present
+    ([0, 0, 1, 1], [0, 1, 1, 1]),  # class 2 (and 3) absent from both
+    ([0, 0, 0, 1], [0, 0, 3, 3]),  # class 3 only predicted, class 1 never predicted, class 2 absent
+    ([2, 2], [2, 2]),  # one class present
+])
+def test_macro_f1_equals_scikit_learn(gold, pred):
+    metrics = pytest.importorskip("sklearn.metrics")
+    from minift.tasks.classify import metrics as ours
+    logits = torch.nn.functional.one_hot(torch.tensor(pred), 4).float()
+    got = ours(logits, torch.tensor(gold), "classify")["macro_f1"]
+    assert got == pytest.approx(metrics.f1_score(gold, pred, average="macro", zero_division=0), rel=1e-6)
+
+
+def test_multilabel_macro_f1_equals_scikit_learn():
+    """Over indicator matrices scikit-learn averages every label, one that neither side holds as 0."""
+    metrics = pytest.importorskip("sklearn.metrics")
+    from minift.tasks.classify import metrics as ours
+    gold = torch.tensor([[1, 0, 0, 1], [1, 1, 0, 0], [0, 1, 0, 0]])
+    pred = torch.tensor([[1, 0, 0, 0], [0, 1, 0, 1], [0, 1, 0, 0]])
+    got = ours(pred.float() * 2 - 1, gold.float(), "multilabel")["macro_f1"]
+    want = metrics.f1_score(gold.numpy(), pred.numpy(), average="macro", zero_division=0)
+    assert got == pytest.approx(want, rel=1e-6)

@@ -209,12 +209,15 @@ def metrics(logits: torch.Tensor, labels: torch.Tensor, task: str) -> dict[str, 
         acc = (pred == labels).float().mean().item()
         n = logits.shape[1]
         pred, gold = F.one_hot(pred, n).bool(), F.one_hot(labels, n).bool()
-    # Macro-F1: the F1 of each class (one-vs-rest), averaged with equal weight per class.
+    # Macro-F1 as scikit-learn's f1_score(average="macro"): the F1 of each class (one-vs-rest), averaged with
+    # equal weight per class, over the classes the gold or predicted labels hold (a class absent from both
+    # is no evidence either way); multilabel, like scikit-learn on indicator matrices, over every label.
     tp = (pred & gold).sum(0).float()
     fp = (pred & ~gold).sum(0).float()
     fn = (~pred & gold).sum(0).float()
     f1 = torch.where(tp > 0, 2 * tp / (2 * tp + fp + fn), torch.zeros_like(tp))
-    return {"loss": loss, "accuracy": acc, "macro_f1": f1.mean().item()}
+    seen = (tp + fp + fn > 0) if task == "classify" else torch.ones_like(tp, dtype=torch.bool)
+    return {"loss": loss, "accuracy": acc, "macro_f1": f1[seen].mean().item()}
 
 
 # ---- labels: the values a file holds -> class ids ----
