@@ -42,6 +42,8 @@ TRAIN_HELP = {
     "mode": "full (every layer trains), head (pooler and classifier only), top-N (last N layers + head), "
             "lora (low-rank adapters, merged into the weights on save)",
     "lora_rank": "rank of the LoRA adapters", "lora_alpha": "LoRA scale numerator (scale = alpha / rank)",
+    "checkpointing": "gradient checkpointing: recompute each layer's activations in backward instead of keeping "
+                     "them; less memory for long sequences, more time (table in docs/training.md)",
     "precision": "auto picks bf16 where the CPU or GPU supports it, else fp32; fp16 trains with loss scaling "
                  "(meant for GPUs without bf16; it runs on a CPU too, slowly)",
     "compile": "torch.compile the training step; auto compiles on GPU only (on a CPU it did not pay, see bench/)",

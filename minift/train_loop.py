@@ -74,6 +74,7 @@ class RunConfig(tasks.TaskOptions):
     mode: str = "full"
     lora_rank: int = 8
     lora_alpha: float = 16.0
+    checkpointing: bool = False
     precision: str = "auto"
     compile: str = "auto"
     device: str = "auto"
@@ -238,6 +239,7 @@ def setup(cfg: RunConfig, resume: bool, allow_pickle: bool, log) -> Run:
             check_same_settings(out, settings)
         weights = ", class weights " + " ".join(f"{k}={v:.4g}" for k, v in settings["class_weight_values"].items())
     net.label_smoothing = cfg.label_smoothing
+    net.bert.checkpointing = cfg.checkpointing
 
     apply_mode(net, cfg.mode, cfg.lora_rank, cfg.lora_alpha)
     net.to(device).train()

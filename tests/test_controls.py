@@ -335,3 +335,72 @@ def test_multilabel_macro_f1_equals_scikit_learn():
     got = ours(pred.float() * 2 - 1, gold.float(), "multilabel")["macro_f1"]
     want = metrics.f1_score(gold.numpy(), pred.numpy(), average="macro", zero_division=0)
     assert got == pytest.approx(want, rel=1e-6)
+
+
+# ---- gradient checkpointing ----
+
+def grads_with_and_without_checkpointing(net, batch):
+    """Every parameter's gradient of one training step (dropout on, the same seed), without and with."""
+    out = []
+    for on in (False, True):
+        net.bert.checkpointing = on
+        net.zero_grad()
+        torch.manual_seed(0)
+        net.train()(**batch)[1].backward()
+        out.append({n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None})
+    return out
+
+
+def test_checkpointing_gives_the_same_gradients_bert(tiny_dir):
+    net, b = classifier_batch(tiny_dir)
+    assert net.config.hidden_dropout_prob > 0 and net.config.attention_probs_dropout_prob > 0
+    assert (b["attention_mask"] == 0).any()  # padded: the packed layout goes through the checkpoints
+    calls = []
+    hook = torch.utils.checkpoint.checkpoint
+    torch.utils.checkpoint.checkpoint = lambda *a, **k: (calls.append(1), hook(*a, **k))[1]
+    try:
+        plain, ckpt = grads_with_and_without_checkpointing(net, b)
+    finally:
+        torch.utils.checkpoint.checkpoint = hook
+    assert len(calls) == len(net.bert.layers)
+    assert set(plain) == set(ckpt) == {n for n, _ in net.named_parameters()}
+    for n in plain:
+        torch.testing.assert_close(ckpt[n], plain[n], rtol=0, atol=1e-6, msg=n)
+    # dropout really drew masks: another seed gives other gradients
+    net.bert.checkpointing = False
+    net.zero_grad()
+    torch.manual_seed(1)
+    net(**b)[1].backward()
+    assert not torch.allclose(net.bert.layers[0].fc.weight.grad, plain["bert.layers.0.fc.weight"], atol=1e-6)
+
+
+def test_checkpointing_gives_the_same_gradients_modernbert_tagger():
+    """ModernBERT (rotary, GeGLU, local windows shorter than the sequence), a token head, padded rows."""
+    from minift.config import BertConfig
+    from minift.tasks.tag import BertTagger
+    cfg = BertConfig.from_dict({"model_type": "modernbert", "hidden_size": 32, "num_hidden_layers": 3,
+                                "num_attention_heads": 2, "intermediate_size": 37, "global_attn_every_n_layers": 3,
+                                "local_attention": 16, "pad_token_id": 0, "vocab_size": 99, "mlp_dropout": 0.1,
+                                "embedding_dropout": 0.1, "attention_dropout": 0.1, "num_labels": 5,
+                                "id2label": {str(i): f"T{i}" for i in range(5)}})
+    torch.manual_seed(0)
+    net = BertTagger(cfg)
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(1, 99, (3, 40), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, 29:] = mask[2, 7:] = 0
+    labels = torch.randint(0, 5, (3, 40), generator=g).masked_fill(mask == 0, -100)
+    plain, ckpt = grads_with_and_without_checkpointing(net, dict(input_ids=ids.masked_fill(mask == 0, 0),
+                                                                 attention_mask=mask, labels=labels))
+    assert set(plain) == set(ckpt) and len(plain) == len(list(net.parameters()))
+    for n in plain:
+        torch.testing.assert_close(ckpt[n], plain[n], rtol=0, atol=1e-6, msg=n)
+
+
+def test_checkpointing_through_train(tiny_dir, clf_data, tmp_path):
+    """The same run with --checkpointing ends with the same weights (the same gradients, step after step)."""
+    run(tiny_dir, clf_data, tmp_path / "a", max_steps=4, eval_every=None)
+    run(tiny_dir, clf_data, tmp_path / "b", max_steps=4, eval_every=None, checkpointing=True)
+    ta, tb = tensors(tmp_path / "a"), tensors(tmp_path / "b")
+    for k in ta:
+        torch.testing.assert_close(tb[k], ta[k], rtol=0, atol=1e-6, msg=k)
