@@ -404,3 +404,32 @@ def test_checkpointing_through_train(tiny_dir, clf_data, tmp_path):
     ta, tb = tensors(tmp_path / "a"), tensors(tmp_path / "b")
     for k in ta:
         torch.testing.assert_close(tb[k], ta[k], rtol=0, atol=1e-6, msg=k)
+
+
+# ---- layer decay ----
+
+def test_layer_decay_gives_each_group_its_learning_rate(tiny_dir):
+    """tiny-bert has 2 layers: the head gets lr, layer 1 lr * 0.5, layer 0 lr * 0.25, the embeddings
+    lr * 0.125; the schedule scales every group by the same factor."""
+    from minift.tasks.classify import BertClassifier
+    net = BertClassifier.from_pretrained(tiny_dir)
+    lr = 1e-3
+    opt = make_optimizer(net, lr, 0.01, layer_decay=0.5)
+    sched = make_schedule(opt, 3, 10)
+    group_of = {id(p): g for g in opt.param_groups for p in g["params"]}
+    want = {"bert.embeddings.": 0.125, "bert.layers.0.": 0.25, "bert.layers.1.": 0.5, "bert.pooler.": 1.0,
+            "classifier.": 1.0}
+    seen = set()
+    for name, p in net.named_parameters():
+        prefix = next(k for k in want if name.startswith(k))
+        seen.add(prefix)
+        g = group_of[id(p)]
+        assert g["initial_lr"] == pytest.approx(lr * want[prefix], rel=1e-12), name
+        assert g["lr"] == pytest.approx(lr * want[prefix] / 4, rel=1e-12), name  # warmup's first factor, 1/4
+        assert g["weight_decay"] == (0.01 if p.ndim >= 2 else 0.0), name
+    assert seen == set(want)
+    opt.step()
+    sched.step()
+    for name, p in net.named_parameters():
+        prefix = next(k for k in want if name.startswith(k))
+        assert group_of[id(p)]["lr"] == pytest.approx(lr * want[prefix] / 2, rel=1e-12), name
