@@ -37,8 +37,8 @@ from minift.model import count_params
 from minift.modes import apply_mode, merge_lora, parse_mode
 from minift.predict import run_model
 from minift.tokenizer import Tokenizer
-from minift.train_step import (SCHEDULES, make_loss_fn, make_optimizer, make_schedule, pick_device, pick_precision,
-                               train_step)
+from minift.train_step import (SCHEDULES, accumulation_shares, loss_units, make_loss_fn, make_optimizer,
+                               make_schedule, pick_device, pick_precision, train_step)
 
 # A frozen encoder leaves few, freshly initialised parameters to move: they take larger steps.
 DEFAULT_LR = {"full": 5e-5, "top": 1e-4, "lora": 5e-4, "head": 1e-3}
@@ -365,11 +365,18 @@ def one_step(run: Run, group: list[list[int]], stop: list) -> bool:
     """One optimizer step over the micro-batches `group`; returns whether to stop after it: a signal came
     (into `stop`) before the step ended, on any rank."""
     state = run.state
-    micro = []
+    micro, units = [], []
+    weights = getattr(run.net, "class_weights", None)
+    weights = weights.cpu() if weights is not None else None
     for idx in group:
         b = run.task.batch(run.train_feats, idx[run.rank::run.world], run.tok.pad_id)  # this process's slice
+        units.append(loss_units(b, weights))
         micro.append({k: v.to(run.device, non_blocking=True) for k, v in b.items()})
-    loss, norm, applied = train_step(run.loss_fn, run.opt, run.sched, run.scaler, micro, run.cfg.max_grad_norm)
+    # Each micro-batch's loss weighs by what it holds of the global batch: a mean over tokens (tag, mlm)
+    # or windows (qa) comes out as that of one big batch, however the micro-batches and ranks split it.
+    shares = accumulation_shares(units, run.world, run.device)
+    loss, norm, applied = train_step(run.loss_fn, run.opt, run.sched, run.scaler, micro, run.cfg.max_grad_norm,
+                                     shares, run.ddp.no_sync if run.world > 1 else None)
     stopping = bool(stop)
     if run.world > 1:
         # One all-reduce per step: the global batch's loss for the log, and whether any rank was

@@ -433,3 +433,90 @@ def test_layer_decay_gives_each_group_its_learning_rate(tiny_dir):
     for name, p in net.named_parameters():
         prefix = next(k for k in want if name.startswith(k))
         assert group_of[id(p)]["lr"] == pytest.approx(lr * want[prefix] / 2, rel=1e-12), name
+
+
+# ---- exact accumulation ----
+
+def rows_of(g, n, lo, hi, vocab=200):
+    """n random rows of lo..hi tokens: ids, and for each a random label per token (-100 at some)."""
+    out = []
+    for _ in range(n):
+        T = int(torch.randint(lo, hi + 1, (1,), generator=g))
+        ids = torch.randint(5, vocab, (T,), generator=g)
+        lab = torch.randint(0, 4, (T,), generator=g)
+        lab[torch.rand(T, generator=g) < 0.4] = -100
+        lab[0] = -100
+        lab[1] = int(ids[1]) % 4  # at least one label per row
+        out.append((ids, lab))
+    return out
+
+
+def padded(rows, task):
+    ids = nn.utils.rnn.pad_sequence([r[0] for r in rows], batch_first=True)
+    mask = nn.utils.rnn.pad_sequence([torch.ones_like(r[0]) for r in rows], batch_first=True)
+    b = {"input_ids": ids, "attention_mask": mask}
+    if task == "qa":
+        lengths = mask.sum(1)
+        b["start_positions"] = torch.stack([r[0][0] % n for r, n in zip(rows, lengths)])
+        b["end_positions"] = torch.minimum(b["start_positions"] + 2, lengths - 1)
+    else:
+        labels = nn.utils.rnn.pad_sequence([r[1] for r in rows], batch_first=True, padding_value=-100)
+        b["labels"] = labels if task == "tag" else torch.where(labels >= 0, ids, -100)  # mlm: the token itself
+    return b
+
+
+def task_model(tiny_dir, task):
+    from minift.tasks.mlm import BertForMaskedLM
+    from minift.tasks.qa import BertQA
+    from minift.tasks.tag import BertTagger
+    from test_train import no_dropout
+    cls = {"tag": BertTagger, "qa": BertQA, "mlm": BertForMaskedLM}[task]
+    torch.manual_seed(0)
+    extra = {"id2label": {i: f"T{i}" for i in range(4)}} if task == "tag" else {}
+    return no_dropout(cls.from_pretrained(tiny_dir, new_head=True, **extra))
+
+
+def sgd_update(net, micro, shares):
+    """The change of every parameter in one train_step with SGD at lr 1 and no clipping: minus the gradient."""
+    import copy
+    from minift.train_step import make_loss_fn, train_step
+    net = copy.deepcopy(net)
+    before = {n: p.detach().clone() for n, p in net.named_parameters()}
+    opt = torch.optim.SGD(net.parameters(), lr=1.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    train_step(make_loss_fn(net, None, torch.device("cpu"), False), opt, sched, None, micro, 1e9, shares)
+    return {n: before[n] - p.detach() for n, p in net.named_parameters()}
+
+
+@pytest.mark.parametrize("task", ["tag", "qa", "mlm"])
+def test_accumulated_gradient_equals_one_big_batch(tiny_dir, task):
+    """Micro-batches of 3, 1 and 2 rows with very different token counts: their accumulated gradient is that
+    of the one batch holding them all, within 1e-6; the mean of their means (what equal parts give) is not."""
+    from minift.train_step import accumulation_shares, loss_units
+    net = task_model(tiny_dir, task)
+    g = torch.Generator().manual_seed(1)
+    parts = [rows_of(g, 3, 3, 6), rows_of(g, 1, 20, 24), rows_of(g, 2, 8, 12)]
+    micro = [padded(p, task) for p in parts]
+    big = padded([r for p in parts for r in p], task)
+    units = [loss_units(b) for b in micro]
+    assert units == ([3.0, 1.0, 2.0] if task == "qa" else [float((b["labels"] != -100).sum()) for b in micro])
+    want = sgd_update(net, [big], None)
+    got = sgd_update(net, micro, accumulation_shares(units))
+    naive = sgd_update(net, micro, None)
+    assert max((want[n] - naive[n]).abs().max().item() for n in want) > 1e-4  # equal parts are not exact
+    for n in want:
+        torch.testing.assert_close(got[n], want[n], rtol=0, atol=1e-6, msg=n)
+
+
+def test_weighted_tag_loss_accumulates_exactly(tiny_dir):
+    """With --class-weights a token counts by its class's weight: still one big batch's gradient."""
+    from minift.train_step import accumulation_shares, loss_units
+    net = task_model(tiny_dir, "tag")
+    net.class_weights = torch.tensor([0.2, 1.0, 3.0, 0.7])
+    g = torch.Generator().manual_seed(2)
+    parts = [rows_of(g, 2, 3, 5), rows_of(g, 2, 15, 20)]
+    micro = [padded(p, "tag") for p in parts]
+    want = sgd_update(net, [padded(parts[0] + parts[1], "tag")], None)
+    got = sgd_update(net, micro, accumulation_shares([loss_units(b, net.class_weights) for b in micro]))
+    for n in want:
+        torch.testing.assert_close(got[n], want[n], rtol=0, atol=1e-6, msg=n)
