@@ -520,3 +520,31 @@ def test_weighted_tag_loss_accumulates_exactly(tiny_dir):
     got = sgd_update(net, micro, accumulation_shares([loss_units(b, net.class_weights) for b in micro]))
     for n in want:
         torch.testing.assert_close(got[n], want[n], rtol=0, atol=1e-6, msg=n)
+
+
+def test_two_processes_accumulating_tag_match_one(tiny_dir, tmp_path):
+    """torchrun, 2 processes, --grad-accum 2 on tagging, where each rank's half of a micro-batch holds its own
+    number of tagged words: the same weights as one process (within 1e-5 after Adam, as tests/test_ddp.py
+    argues; the mean of the ranks' means, the former rule, landed 8e-5 away)."""
+    import os
+    import subprocess
+    import sys
+    from conftest import ROOT
+    from test_ddp import checkpoint_weights, free_port
+    from test_tag import no_dropout_dir, tagged_sentences, write_conll
+    model = no_dropout_dir(tiny_dir, tmp_path / "model")
+    data = write_conll(tmp_path / "train.conll", tagged_sentences(32, seed=0, lengths=(2, 14)))
+    opts = dict(task="tag", max_steps=4, batch_size=8, grad_accum=2, lr=1e-3, precision="fp32", compile="off",
+                device="cpu", max_length=24)
+    train(model, data, tmp_path / "one", log=io.StringIO(), **opts)
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in opts.items()]
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                        f"--master-port={free_port()}", "-m", "minift", "train", "--model", str(model),
+                        "--train", str(data), "--out", str(tmp_path / "two"), *flags],
+                       capture_output=True, text=True, cwd=ROOT, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"})
+    assert r.returncode == 0, r.stderr
+    a, b = checkpoint_weights(tmp_path / "one"), checkpoint_weights(tmp_path / "two")
+    assert set(a) == set(b)
+    for k in a:
+        assert (a[k] - b[k]).abs().max().item() < 1e-5, k
