@@ -154,6 +154,7 @@ class Run:
     loss_fn: object
     total_steps: int
     batches_per_epoch: int
+    class_weights: torch.Tensor | None  # on the CPU, where loss_units counts the batches
     # step, epoch, batch (position in the epoch), best (dev metric kept) and best_step, loss, evaluated (the
     # step of the last evaluation), waited (evaluations without improvement), early_stop: saved in every checkpoint
     state: dict = field(default_factory=lambda: {"step": 0, "epoch": 0, "batch": 0, "best": None, "tokens": 0})
@@ -223,22 +224,14 @@ def setup(cfg: RunConfig, resume: bool, allow_pickle: bool, log) -> Run:
         if ds is not None and getattr(ds, "skipped_empty", 0):
             print(f"{ds.path}: skipped {ds.skipped_empty} example(s) with empty text", file=log)
     net, tok, note = load_model(task, cfg, task.label_names(tr), allow_pickle)
-    settings = dataclasses.asdict(cfg)
-    if resume:
-        check_same_settings(out, settings)
     train_feats = task.features(tr, tok, cfg.max_length, net.config, cfg, log)
     dev_feats = task.features(dv, tok, cfg.max_length, net.config, cfg, log) if dv else None
+    settings = dataclasses.asdict(cfg)
+    weights = set_loss_options(net, cfg, train_feats, settings)
+    if resume:
+        check_same_settings(out, settings)
     if note:  # after the data, whose errors come first and alone
         print(note, file=log)
-    weights = ""
-    if cfg.class_weights is not None:
-        net.class_weights = class_weights(cfg.class_weights, cfg.task, train_feats, net.config.id2label)
-        # run.json keeps the weights themselves: a FILE may change, and balanced depends on the data
-        settings["class_weight_values"] = dict(zip(net.config.id2label.values(), net.class_weights.tolist()))
-        if resume:
-            check_same_settings(out, settings)
-        weights = ", class weights " + " ".join(f"{k}={v:.4g}" for k, v in settings["class_weight_values"].items())
-    net.label_smoothing = cfg.label_smoothing
     net.bert.checkpointing = cfg.checkpointing
 
     apply_mode(net, cfg.mode, cfg.lora_rank, cfg.lora_alpha)
@@ -251,7 +244,8 @@ def setup(cfg: RunConfig, resume: bool, allow_pickle: bool, log) -> Run:
     # Under torchrun, DDP averages the gradients of the ranks' slices of each global batch.
     ddp = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else net
     run = Run(cfg, out, log, rank, world, device, amp_dtype, task, tok, net, train_feats, dev_feats, opt, sched,
-              scaler, ddp, make_loss_fn(ddp, amp_dtype, device, compile), total_steps, batches_per_epoch)
+              scaler, ddp, make_loss_fn(ddp, amp_dtype, device, compile), total_steps, batches_per_epoch,
+              None if weights is None else weights.cpu())
 
     if resume:  # before the first line of output: a checkpoint that cannot be resumed is a plain refusal
         run.state = load_train_state(out / "checkpoint.safetensors", net, opt, sched, scaler)
@@ -264,8 +258,21 @@ def setup(cfg: RunConfig, resume: bool, allow_pickle: bool, log) -> Run:
     print(f"minift: {cfg.mode} fine-tuning for {cfg.task}, {count_params(net, True):,} of {count_params(net):,} "
           f"parameters train; {len(train_feats.ids)} examples, {total_steps} steps of {cfg.batch_size * cfg.grad_accum}; "
           f"device {device}, precision {amp_dtype or 'fp32'}, compile {'on' if compile else 'off'}"
-          + (f", {world} processes" if world > 1 else "") + weights, file=log)
+          + (f", {world} processes" if world > 1 else "")
+          + (", class weights " + " ".join(f"{k}={v:.4g}" for k, v in settings["class_weight_values"].items())
+             if weights is not None else ""), file=log)
     return run
+
+
+def set_loss_options(net, cfg: RunConfig, train_feats, settings: dict) -> torch.Tensor | None:
+    """--class-weights and --label-smoothing onto the model's loss; the weights also into settings (run.json
+    keeps them: a FILE may change, and balanced follows the data). Returns the weights."""
+    net.label_smoothing = cfg.label_smoothing
+    if cfg.class_weights is None:
+        return None
+    net.class_weights = class_weights(cfg.class_weights, cfg.task, train_feats, net.config.id2label)
+    settings["class_weight_values"] = dict(zip(net.config.id2label.values(), net.class_weights.tolist()))
+    return net.class_weights
 
 
 def load_model(task, cfg: RunConfig, id2label, allow_pickle: bool):
@@ -319,7 +326,7 @@ def run_epochs(run: Run, stop: list) -> dict:
             batches = [b for b in batches if len(b) >= run.world]
         while state["batch"] < len(batches) and state["step"] < run.total_steps:
             if state["batch"]:  # here, not after the step: a run stopped by a signal does it when resumed
-                between_epochs(run)
+                mid_epoch(run)
                 if state.get("early_stop"):
                     break
             group = batches[state["batch"]: state["batch"] + cfg.grad_accum]
@@ -351,7 +358,7 @@ def run_epochs(run: Run, stop: list) -> dict:
     return row
 
 
-def between_epochs(run: Run):
+def mid_epoch(run: Run):
     """After a step inside an epoch: --eval-every evaluates and saves the checkpoint, --save-every saves it."""
     cfg, state = run.cfg, run.state
     if cfg.eval_every and state["step"] % cfg.eval_every == 0 and state.get("evaluated") != state["step"]:
@@ -366,11 +373,9 @@ def one_step(run: Run, group: list[list[int]], stop: list) -> bool:
     (into `stop`) before the step ended, on any rank."""
     state = run.state
     micro, units = [], []
-    weights = getattr(run.net, "class_weights", None)
-    weights = weights.cpu() if weights is not None else None
     for idx in group:
         b = run.task.batch(run.train_feats, idx[run.rank::run.world], run.tok.pad_id)  # this process's slice
-        units.append(loss_units(b, weights))
+        units.append(loss_units(b, run.class_weights))
         micro.append({k: v.to(run.device, non_blocking=True) for k, v in b.items()})
     # Each micro-batch's loss weighs by what it holds of the global batch: a mean over tokens (tag, mlm)
     # or windows (qa) comes out as that of one big batch, however the micro-batches and ranks split it.
