@@ -27,7 +27,8 @@ TRAIN_HELP = {
               "(word/TAG sentences); default by extension: .conll conll, .jsonl jsonl, .txt wordtag",
     "epochs": "passes over the training set", "max_steps": "stop after this many optimizer steps (overrides --epochs)",
     "lr": "peak learning rate of AdamW (default by mode: full 5e-5, top-N 1e-4, lora 5e-4, head 1e-3)", "batch_size": "examples per micro-batch",
-    "grad_accum": "micro-batches accumulated into one optimizer step",
+    "grad_accum": "micro-batches accumulated into one optimizer step, exactly: the gradient of one batch holding "
+                  "them all (token-level losses weigh each micro-batch by its tokens)",
     "max_length": "tokens per example, [CLS] and [SEP] included; longer texts are truncated "
                   "(default 128, qa 384 per window, or the model's max_position_embeddings if smaller)",
     "warmup": "fraction of steps spent warming the learning rate up from 0, before the --schedule",
