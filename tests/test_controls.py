@@ -548,3 +548,26 @@ def test_two_processes_accumulating_tag_match_one(tiny_dir, tmp_path):
     assert set(a) == set(b)
     for k in a:
         assert (a[k] - b[k]).abs().max().item() < 1e-5, k
+
+
+def test_early_stop_under_torchrun_stops_every_rank(tiny_dir, clf_data, tmp_path):
+    """Rank 0 alone evaluates; the others learn of the stop from it and leave with it (no hang). At lr 1e-5
+    the dev accuracy cannot move in 3 steps: patience 2 stops at the third evaluation."""
+    import os
+    import subprocess
+    import sys
+    from conftest import ROOT
+    from test_ddp import free_port
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master-port={free_port()}",
+                        "-m", "minift", "train", "--model", str(tiny_dir), "--train", str(clf_data[0]), "--eval",
+                        str(clf_data[1]), "--out", str(out), "--max-steps=40", "--batch-size=4", "--lr=1e-5",
+                        "--eval-every=1", "--patience=2", "--metric=accuracy", "--precision=fp32", "--device=cpu",
+                        "--max-length=24"], capture_output=True, text=True, cwd=ROOT, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"})
+    assert r.returncode == 0, r.stderr
+    (line,) = [x for x in r.stdout.splitlines() if x.strip()]
+    row = json.loads(line)
+    assert row["step"] == 3 and row["early_stop"]["best_step"] == 1
+    assert [x["step"] for x in rows(out)] == [1, 2, 3]
+    assert r.stderr.count("early stop at step 3") == 1
