@@ -11,13 +11,17 @@ token, the precision `pick_precision("auto")` picks) of:
 Each repeat of each setting runs in a process of its own (checkpointing off and on alternate): build the
 model, one warm-up step, then --steps steps, each timed and each measured for the memory it adds to the
 process: the peak resident memory during the step (VmHWM, reset before the step through
-/proc/self/clear_refs) less the resident memory before it. The table gives medians over all steps of all
-repeats, with the min-max, and the ratios on / off.
+/proc/self/clear_refs) less the resident memory before it. The children run with glibc's mmap threshold
+fixed at 64 KiB (MALLOC_MMAP_THRESHOLD_): every tensor buffer is then mapped on allocation and unmapped on
+free, so resident memory follows the live tensors instead of keeping what an earlier step freed (which made
+the same step measure anywhere from 200 to 460 MiB). The table gives medians over all steps of all repeats,
+with the min-max, and the ratios on / off.
 """
 if __name__ == "__main__" and not __package__:  # `python bench/x.py`: import bench/ as a package (bench/__init__.py)
     import sys; sys.path[0] = str(__import__("pathlib").Path(__file__).resolve().parents[1])  # noqa: E702
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -101,7 +105,8 @@ def main():
         for _ in range(args.repeats):
             for on in ("off", "on"):
                 r = subprocess.run([sys.executable, __file__, "--repeat", case, on, "--steps", str(args.steps)],
-                                   capture_output=True, text=True)
+                                   capture_output=True, text=True,
+                                   env={**os.environ, "MALLOC_MMAP_THRESHOLD_": str(64 * 1024)})
                 if r.returncode:
                     sys.exit(f"{case} {on} failed:\n{r.stderr[-3000:]}")
                 for k, v in json.loads(r.stdout.splitlines()[-1]).items():
