@@ -8,7 +8,8 @@ from pathlib import Path
 from minift.errors import MiniftError
 
 TRAIN_HELP = {
-    "eval": "dev set, evaluated after every epoch; the best model by --metric is the one kept in --out",
+    "eval": "dev set, evaluated after every epoch (and --eval-every steps); the best model by --metric is the one "
+            "kept in --out",
     "task": "classify (one label per text), multilabel (labels separated by | in CSV/TSV, or a JSON list), "
             "regression (a number), qa (extractive question answering on SQuAD .json/.jsonl), mlm (masked-LM "
             "adaptation on unlabelled text: .txt, one text per line, or the text column), tag (a tag per word: "
@@ -37,16 +38,24 @@ TRAIN_HELP = {
     "listwise": "rerank: a softmax over each query's passages instead of binary cross-entropy on each pair",
     "epochs": "passes over the training set", "max_steps": "stop after this many optimizer steps (overrides --epochs)",
     "lr": "peak learning rate of AdamW (default by mode: full 5e-5, top-N 1e-4, lora 5e-4, head 1e-3)", "batch_size": "examples per micro-batch",
-    "grad_accum": "micro-batches accumulated into one optimizer step",
+    "grad_accum": "micro-batches accumulated into one optimizer step, exactly: the gradient of one batch holding "
+                  "them all (token-level losses weigh each micro-batch by its tokens)",
     "max_length": "tokens per example, [CLS] and [SEP] included; longer texts are truncated "
                   "(default 128, qa 384 per window, or the model's max_position_embeddings if smaller)",
-    "warmup": "fraction of steps spent warming the learning rate up from 0 (then linear decay to 0)",
+    "warmup": "fraction of steps spent warming the learning rate up from 0, before the --schedule",
+    "schedule": "the learning rate after warmup: linear (decay to 0), cosine (decay to --min-lr-ratio) or constant",
+    "min_lr_ratio": "cosine: the rate it decays to at the last step, as a fraction of --lr",
     "weight_decay": "AdamW decoupled weight decay, applied to matrices and embeddings only",
     "max_grad_norm": "clip the global gradient norm to this",
     "layer_decay": "layer-wise learning-rate decay: each layer below the head gets this factor more (1 = off)",
+    "class_weights": "weight each class in the loss: balanced (inverse frequency, as scikit-learn's), a file, "
+                     "or label=w,...; classify, tag; multilabel: each label's positive weight (default none)",
+    "label_smoothing": "classify, tag: cross-entropy against the labels smoothed by this much",
     "mode": "full (every layer trains), head (pooler and classifier only), top-N (last N layers + head), "
             "lora (low-rank adapters, merged into the weights on save)",
     "lora_rank": "rank of the LoRA adapters", "lora_alpha": "LoRA scale numerator (scale = alpha / rank)",
+    "checkpointing": "gradient checkpointing: recompute each layer's activations in backward instead of keeping "
+                     "them; less memory for long sequences, more time (table in docs/training.md)",
     "precision": "auto picks bf16 where the CPU or GPU supports it, else fp32; fp16 trains with loss scaling "
                  "(meant for GPUs without bf16; it runs on a CPU too, slowly)",
     "compile": "torch.compile the training step; auto compiles on GPU only (on a CPU it did not pay, see bench/)",
@@ -56,6 +65,11 @@ TRAIN_HELP = {
               "loss, and f1, precision, recall when the tags are chunk tags (B-/I-/E-/S-, O); embed: ndcg@10 "
               "(default), mrr@10, recall@1, recall@10 for pairs, spearman (default), pearson for scored pairs; rerank: "
               "ndcg@10 (default), mrr@10",
+    "eval_every": "also evaluate (keeping the best model) and save the checkpoint every N steps, besides each "
+                  "epoch's end",
+    "save_every": "also save the checkpoint for --resume every N steps",
+    "patience": "stop after this many evaluations without a better --metric (by more than --min-delta); needs --eval",
+    "min_delta": "--patience: the least change of --metric that counts as better",
     "seed": "seed for initialisation, dropout and data order",
 }
 
@@ -148,7 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_fields(parser, dataclass, skip=()):
     """One --flag per field of a settings dataclass (RunConfig, TaskOptions), typed by its default."""
-    types = {"max_steps": int, "lr": float, "max_length": int, "doc_stride": int, "mini_batch": int}  # fields whose default None says nothing of the type
+    # fields whose default None says nothing of the type
+    types = {"max_steps": int, "lr": float, "max_length": int, "doc_stride": int, "mini_batch": int,
+             "eval_every": int, "save_every": int, "patience": int}
     for field in dataclasses.fields(dataclass):
         if field.name in skip:
             continue

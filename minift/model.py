@@ -19,6 +19,7 @@ import platform
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 from minift.config import BertConfig
 
@@ -311,6 +312,7 @@ class Bert(nn.Module):
         self.final_ln = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps, bias=config.bias) \
             if config.family.final_norm else None
         self.pooler = nn.Linear(config.hidden_size, config.hidden_size) if pooler else None
+        self.checkpointing = False  # --checkpointing: keep each layer's input only, recompute the rest in backward
         init_weights(self, config.initializer_range)
         if config.sinusoidal_pos_embds:  # DistilBERT's fixed table: sin at even features, cos at odd ones
             pos = torch.arange(config.max_position_embeddings, dtype=torch.float64)[:, None]
@@ -342,7 +344,12 @@ class Bert(nn.Module):
         for i, (layer, local) in enumerate(zip(self.layers, cfg.sliding)):
             last = cls_only and i == len(self.layers) - 1
             # [R, H]; [B, H] after the last given cls_only
-            x = layer(x, pack, pack.mask, ropes[local], pack.first if last else None)
+            args = (x, pack, pack.mask, ropes[local], pack.first if last else None)
+            if self.checkpointing and self.training and torch.is_grad_enabled():
+                # The recomputation replays the same dropout masks: checkpoint restores the RNG state.
+                x = torch.utils.checkpoint.checkpoint(layer, *args, use_reentrant=False)
+            else:
+                x = layer(*args)
         if self.final_ln is not None:
             x = self.final_ln(x)
         return (x if cls_only else x[:pack.n]), pack

@@ -27,6 +27,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from minift import tasks
+from minift.class_weights import TASKS as CLASS_WEIGHT_TASKS, class_weights
 from minift.checkpoint import append_line, atomic_write, json_line, load_train_state, save_train_state
 from minift.config import BertConfig, bert_architecture
 from minift.data import length_batches
@@ -37,8 +38,8 @@ from minift.modes import apply_mode, merge_lora, parse_mode
 from minift.predict import run_model
 from minift.tasks.qa import DOC_STRIDE
 from minift.tokenizer import Tokenizer
-from minift.train_step import (make_loss_fn, make_optimizer, make_schedule, pick_device, pick_precision,
-                               train_step)
+from minift.train_step import (SCHEDULES, accumulation_shares, loss_units, make_loss_fn, make_optimizer,
+                               make_schedule, pick_device, pick_precision, train_step)
 
 # A frozen encoder leaves few, freshly initialised parameters to move: they take larger steps.
 DEFAULT_LR = {"full": 5e-5, "top": 1e-4, "lora": 5e-4, "head": 1e-3}
@@ -66,16 +67,25 @@ class RunConfig(tasks.TaskOptions):
     grad_accum: int = 1
     max_length: int | None = None  # the task's default_max_length, or fewer if the model has fewer positions
     warmup: float = 0.1
+    schedule: str = "linear"
+    min_lr_ratio: float = 0.0
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
     layer_decay: float = 1.0
+    class_weights: str | None = None  # balanced, FILE or label=w,... (minift/class_weights.py)
+    label_smoothing: float = 0.0
     mode: str = "full"
     lora_rank: int = 8
     lora_alpha: float = 16.0
+    checkpointing: bool = False
     precision: str = "auto"
     compile: str = "auto"
     device: str = "auto"
     metric: str | None = None
+    eval_every: int | None = None  # steps; besides each epoch's end
+    save_every: int | None = None  # steps
+    patience: int | None = None  # evaluations
+    min_delta: float = 0.0
     seed: int = 0
 
     def check(self):
@@ -91,7 +101,8 @@ class RunConfig(tasks.TaskOptions):
             if v is not None and (v <= 0 or (integer and int(v) != v)):
                 kind = "a positive whole number" if integer else "a positive number"
                 raise MiniftError(f"--{name.replace('_', '-')} {v}: expected {kind}")
-        for name in ("epochs", "max_steps", "batch_size", "grad_accum", "max_length", "lora_rank"):
+        for name in ("epochs", "max_steps", "batch_size", "grad_accum", "max_length", "lora_rank", "eval_every",
+                     "save_every", "patience"):
             positive(name)
         for name in ("lr", "max_grad_norm", "lora_alpha", "layer_decay"):  # lr None: set below
             positive(name, integer=False)
@@ -101,6 +112,21 @@ class RunConfig(tasks.TaskOptions):
                               "([CLS] and [SEP] included)")
         if not 0 <= self.warmup < 1:
             raise MiniftError(f"--warmup {self.warmup}: expected the warmup fraction of all steps, in [0, 1)")
+        if self.schedule not in SCHEDULES:
+            raise MiniftError(f"--schedule {self.schedule!r}: expected one of {', '.join(SCHEDULES)}")
+        if not 0 <= self.min_lr_ratio <= 1 or (self.min_lr_ratio and self.schedule != "cosine"):
+            raise MiniftError(f"--min-lr-ratio {self.min_lr_ratio}: expected a fraction of the peak rate in [0, 1], "
+                              "with --schedule cosine")
+        if not 0 <= self.label_smoothing < 1 or (self.label_smoothing and self.task not in ("classify", "tag")):
+            raise MiniftError(f"--label-smoothing {self.label_smoothing}: expected a number in [0, 1), "
+                              "for --task classify or tag")
+        if self.class_weights is not None and self.task not in CLASS_WEIGHT_TASKS:
+            raise MiniftError(f"--class-weights is for --task {', '.join(CLASS_WEIGHT_TASKS)}, "
+                              f"and this is --task {self.task}")
+        if self.patience and not self.eval:
+            raise MiniftError(f"--patience {self.patience}: early stopping watches the dev set; give it with --eval")
+        if self.min_delta < 0:
+            raise MiniftError(f"--min-delta {self.min_delta}: expected a number >= 0")
         if self.weight_decay < 0:
             raise MiniftError(f"--weight-decay {self.weight_decay}: expected a number >= 0")
         task = tasks.get(self.task)
@@ -141,7 +167,9 @@ class Run:
     loss_fn: object
     total_steps: int
     batches_per_epoch: int
-    # step, epoch, batch (position in the epoch), best (dev metric kept), loss: saved in every checkpoint
+    class_weights: torch.Tensor | None  # on the CPU, where loss_units counts the batches
+    # step, epoch, batch (position in the epoch), best (dev metric kept) and best_step, loss, evaluated (the
+    # step of the last evaluation), waited (evaluations without improvement), early_stop: saved in every checkpoint
     state: dict = field(default_factory=lambda: {"step": 0, "epoch": 0, "batch": 0, "best": None, "tokens": 0})
     last: list = field(default_factory=list)  # the last step's micro-batches, for loss_is_finite
 
@@ -242,24 +270,28 @@ def setup(cfg: RunConfig, resume: bool, allow_pickle: bool, log) -> Run:
         if ds is not None and getattr(ds, "skipped_empty", 0):
             print(f"{ds.path}: skipped {ds.skipped_empty} example(s) with empty text", file=log)
     net, tok, note = load_model(task, cfg, task.label_names(tr), allow_pickle)
-    if resume:
-        check_same_settings(out, cfg)
     train_feats = task.features(tr, tok, cfg.max_length, net.config, cfg, log)
     dev_feats = task.features(dv, tok, cfg.max_length, net.config, cfg, log) if dv else None
+    settings = dataclasses.asdict(cfg)
+    weights = set_loss_options(net, cfg, train_feats, settings)
+    if resume:
+        check_same_settings(out, settings)
     if note:  # after the data, whose errors come first and alone
         print(note, file=log)
+    net.bert.checkpointing = cfg.checkpointing
 
     apply_mode(net, cfg.mode, cfg.lora_rank, cfg.lora_alpha)
     net.to(device).train()
     batches_per_epoch = math.ceil(len(train_feats.ids) / cfg.batch_size)
     total_steps = cfg.max_steps or cfg.epochs * math.ceil(batches_per_epoch / cfg.grad_accum)
     opt = make_optimizer(net, cfg.lr, cfg.weight_decay, cfg.layer_decay)
-    sched = make_schedule(opt, int(cfg.warmup * total_steps), total_steps)
+    sched = make_schedule(opt, int(cfg.warmup * total_steps), total_steps, cfg.schedule, cfg.min_lr_ratio)
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
     # Under torchrun, DDP averages the gradients of the ranks' slices of each global batch.
     ddp = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else net
     run = Run(cfg, out, log, rank, world, device, amp_dtype, task, tok, net, train_feats, dev_feats, opt, sched,
-              scaler, ddp, make_loss_fn(ddp, amp_dtype, device, compile), total_steps, batches_per_epoch)
+              scaler, ddp, make_loss_fn(ddp, amp_dtype, device, compile), total_steps, batches_per_epoch,
+              None if weights is None else weights.cpu())
 
     if resume:  # before the first line of output: a checkpoint that cannot be resumed is a plain refusal
         run.state = load_train_state(out / "checkpoint.safetensors", net, opt, sched, scaler)
@@ -267,13 +299,26 @@ def setup(cfg: RunConfig, resume: bool, allow_pickle: bool, log) -> Run:
         out.mkdir(parents=True, exist_ok=True)
         for name in RUN_FILES:  # --overwrite: the old run goes whole, never half of it beside the new one
             (out / name).unlink(missing_ok=True)
-        settings = (json.dumps(dataclasses.asdict(cfg), indent=2) + "\n").encode()
-        atomic_write(out / "run.json", lambda f: f.write_bytes(settings), len(settings))
+        text = (json.dumps(settings, indent=2) + "\n").encode()
+        atomic_write(out / "run.json", lambda f: f.write_bytes(text), len(text))
     print(f"minift: {cfg.mode} fine-tuning for {cfg.task}, {count_params(net, True):,} of {count_params(net):,} "
           f"parameters train; {len(train_feats.ids)} examples, {total_steps} steps of {cfg.batch_size * cfg.grad_accum}; "
           f"device {device}, precision {amp_dtype or 'fp32'}, compile {'on' if compile else 'off'}"
-          + (f", {world} processes" if world > 1 else ""), file=log)
+          + (f", {world} processes" if world > 1 else "")
+          + (", class weights " + " ".join(f"{k}={v:.4g}" for k, v in settings["class_weight_values"].items())
+             if weights is not None else ""), file=log)
     return run
+
+
+def set_loss_options(net, cfg: RunConfig, train_feats, settings: dict) -> torch.Tensor | None:
+    """--class-weights and --label-smoothing onto the model's loss; the weights also into settings (run.json
+    keeps them: a FILE may change, and balanced follows the data). Returns the weights."""
+    net.label_smoothing = cfg.label_smoothing
+    if cfg.class_weights is None:
+        return None
+    net.class_weights = class_weights(cfg.class_weights, cfg.task, train_feats, net.config.id2label)
+    settings["class_weight_values"] = dict(zip(net.config.id2label.values(), net.class_weights.tolist()))
+    return net.class_weights
 
 
 def load_model(task, cfg: RunConfig, id2label, allow_pickle: bool):
@@ -302,7 +347,7 @@ def load_model(task, cfg: RunConfig, id2label, allow_pickle: bool):
     return net, tok, note
 
 
-def check_same_settings(out: Path, cfg: RunConfig):
+def check_same_settings(out: Path, settings: dict):
     try:
         saved = json.loads((out / "run.json").read_text())
     except (OSError, ValueError) as e:
@@ -313,7 +358,7 @@ def check_same_settings(out: Path, cfg: RunConfig):
         if k in ("model", "train", "out", "eval") and isinstance(was, str) and isinstance(now, str):
             return os.path.realpath(was) == os.path.realpath(now)
         return was == now
-    changed = {k: (saved.get(k), v) for k, v in dataclasses.asdict(cfg).items() if not same(k, saved.get(k), v)}
+    changed = {k: (saved.get(k), v) for k, v in settings.items() if not same(k, saved.get(k), v)}
     if changed:
         raise MiniftError(f"--resume: these settings differ from the run in {out} (was, now): {changed}; "
                           "resume with the same settings, or start a new run")
@@ -322,15 +367,20 @@ def check_same_settings(out: Path, cfg: RunConfig):
 # ---- phase 2: the loop ----
 
 def run_epochs(run: Run, stop: list) -> dict:
-    """Step until total_steps, evaluating after every epoch; a signal stops after the current step."""
+    """Step until total_steps or an early stop, evaluating after every epoch (and every --eval-every
+    steps); a signal stops after the current step."""
     cfg, state = run.cfg, run.state
     progress = Progress(run)
-    while state["step"] < run.total_steps:
+    while state["step"] < run.total_steps and not state.get("early_stop"):
         lengths = [len(x) for x in run.train_feats.ids]
         batches = length_batches(lengths, cfg.batch_size, seed=cfg.seed + state["epoch"])
         if run.world > 1:  # a batch too small to give every rank an example is left out
             batches = [b for b in batches if len(b) >= run.world]
         while state["batch"] < len(batches) and state["step"] < run.total_steps:
+            if state["batch"]:  # here, not after the step: a run stopped by a signal does it when resumed
+                mid_epoch(run)
+                if state.get("early_stop"):
+                    break
             group = batches[state["batch"]: state["batch"] + cfg.grad_accum]
             stopping = one_step(run, group, stop)
             progress.update(group, lengths)
@@ -346,7 +396,7 @@ def run_epochs(run: Run, stop: list) -> dict:
             state["batch"] = 0
             evaluate_and_keep(run, state["epoch"])
             save_state(run)
-    if state["batch"]:  # stopped by max_steps inside an epoch
+    if state["batch"] and state.get("evaluated") != state["step"]:  # stopped by max_steps inside an epoch
         row = evaluate_and_keep(run, state["epoch"] + state["batch"] / run.batches_per_epoch)
         save_state(run)
     elif run.rank == 0:
@@ -360,15 +410,30 @@ def run_epochs(run: Run, stop: list) -> dict:
     return row
 
 
+def mid_epoch(run: Run):
+    """After a step inside an epoch: --eval-every evaluates and saves the checkpoint, --save-every saves it."""
+    cfg, state = run.cfg, run.state
+    if cfg.eval_every and state["step"] % cfg.eval_every == 0 and state.get("evaluated") != state["step"]:
+        evaluate_and_keep(run, state["epoch"] + state["batch"] / run.batches_per_epoch)
+        save_state(run)
+    elif cfg.save_every and state["step"] % cfg.save_every == 0:
+        save_state(run)
+
+
 def one_step(run: Run, group: list[list[int]], stop: list) -> bool:
     """One optimizer step over the micro-batches `group`; returns whether to stop after it: a signal came
     (into `stop`) before the step ended, on any rank."""
     state = run.state
-    micro = []
+    micro, units = [], []
     for idx in group:
         b = run.task.batch(run.train_feats, idx[run.rank::run.world], run.tok.pad_id)  # this process's slice
+        units.append(loss_units(b, run.class_weights))
         micro.append({k: v.to(run.device, non_blocking=True) for k, v in b.items()})
-    loss, norm, applied = train_step(run.loss_fn, run.opt, run.sched, run.scaler, micro, run.cfg.max_grad_norm)
+    # Each micro-batch's loss weighs by what it holds of the global batch: a mean over tokens (tag, mlm)
+    # or windows (qa) comes out as that of one big batch, however the micro-batches and ranks split it.
+    shares = accumulation_shares(units, run.world, run.device)
+    loss, norm, applied = train_step(run.loss_fn, run.opt, run.sched, run.scaler, micro, run.cfg.max_grad_norm,
+                                     shares, run.ddp.no_sync if run.world > 1 else None)
     run.last = micro
     stopping = bool(stop)
     if run.world > 1:
@@ -426,13 +491,23 @@ class Progress:
 # ---- phase 3: evaluation and keeping the best ----
 
 def evaluate_and_keep(run: Run, epoch_done: float) -> dict:
-    """Score the dev set (if any), save the model when it is the best so far, append a metrics.jsonl row.
-    A model whose numbers are lost is never kept; at the end of the run that fails it (diverged)."""
-    cfg, state = run.cfg, run.state
+    """Score the dev set (if any), save the model when it is the best so far, count the evaluations
+    without improvement (--patience), append a metrics.jsonl row. A model whose numbers are lost is
+    never kept; at the end of the run that fails it (diverged)."""
+    state = run.state
+    state["evaluated"] = state["step"]
     if run.world > 1:
         dist.barrier()  # every rank has finished the step; only rank 0 evaluates and writes
-        if run.rank != 0:
-            return {}
+    row = score_and_keep(run, epoch_done) if run.rank == 0 else {}
+    if run.world > 1 and run.cfg.patience:  # every rank stops with rank 0
+        flag = torch.tensor([float(bool(state.get("early_stop")))], device=run.device)
+        dist.broadcast(flag, 0)
+        state["early_stop"] = bool(flag.item())
+    return row
+
+
+def score_and_keep(run: Run, epoch_done: float) -> dict:
+    cfg, state = run.cfg, run.state
     loss = state.get("loss")  # NaN after a skipped step: null in JSON, which has no NaN
     row = {"step": state["step"], "epoch": round(epoch_done, 3),
            "train_loss": loss if loss is not None and math.isfinite(loss) else None}
@@ -448,16 +523,26 @@ def evaluate_and_keep(run: Run, epoch_done: float) -> dict:
         outputs = run_model(run.net, run.task, run.dev_feats, run.tok.pad_id, 2 * cfg.batch_size, run.device,
                             run.amp_dtype)
         row.update({f"dev_{k}": v for k, v in run.task.score(outputs, run.dev_feats).items()})
-        better = better and is_better(row[f"dev_{cfg.metric}"], state["best"], cfg.metric in LOWER_IS_BETTER)
+        score, best = row[f"dev_{cfg.metric}"], state["best"]
+        better = better and is_better(score, best, cfg.metric in LOWER_IS_BETTER)
+        gain = None if best is None else (best - score if cfg.metric in LOWER_IS_BETTER else score - best)
+        state["waited"] = 0 if better and (gain is None or gain > cfg.min_delta) else state.get("waited", 0) + 1
     if better:
-        state["best"] = row.get(f"dev_{cfg.metric}")
+        state["best"], state["best_step"] = row.get(f"dev_{cfg.metric}"), state["step"]
         save_model(run)
     row["kept"] = better
+    if cfg.patience and state.get("waited", 0) >= cfg.patience:
+        state["early_stop"] = True
+        row["early_stop"] = {"best_step": state.get("best_step"), f"best_dev_{cfg.metric}": state["best"]}
     append_line(run.out / "metrics.jsonl", json_line(row))  # whole lines only, even on a full disk
-    print("  eval " + " ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()),
-          file=run.log)
-    if last and run.dev_feats is not None and state["best"] is None:
+    print("  eval " + " ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()
+                               if k != "early_stop"), file=run.log)
+    if (last or state.get("early_stop")) and run.dev_feats is not None and state["best"] is None:
         diverged(run, f"no evaluation gave a finite dev_{cfg.metric}")
+    if state.get("early_stop"):
+        print(f"minift: early stop at step {state['step']}: dev {cfg.metric} did not improve by more than "
+              f"{cfg.min_delta} in {cfg.patience} evaluations; kept the model of step {state['best_step']}, "
+              f"dev {cfg.metric} {state['best']:.4f}", file=run.log)
     return row
 
 

@@ -3,7 +3,11 @@
 Everything a step needs is built here too: the AdamW parameter groups, the learning-rate
 schedule, the precision and the (optionally compiled) loss function.
 """
+import contextlib
+import math
+
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 
 from minift.errors import MiniftError
@@ -85,12 +89,22 @@ def layer_depths(model: nn.Module) -> dict[str, int]:
     return out
 
 
-def make_schedule(optimizer, warmup_steps: int, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warmup from 0 to the peak rate, then linear decay to 0 at total_steps."""
+SCHEDULES = ("linear", "cosine", "constant")
+
+
+def make_schedule(optimizer, warmup_steps: int, total_steps: int, kind: str = "linear",
+                  min_ratio: float = 0.0) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warmup from 0 to the peak rate, then `kind`: linear decay to 0 at total_steps, cosine decay
+    to min_ratio of the peak, or constant. These are transformers' schedules (get_scheduler: linear,
+    cosine_with_min_lr, constant_with_warmup) one step ahead: their first step, at rate 0, moves nothing,
+    so warmup here starts at 1 / (warmup_steps + 1) of the peak."""
     def factor(step):
         if step < warmup_steps:
             return (step + 1) / (warmup_steps + 1)
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        if kind == "cosine":
+            return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        return 1.0 if kind == "constant" else max(0.0, 1 - progress)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
@@ -105,17 +119,48 @@ def make_loss_fn(model: nn.Module, amp_dtype: torch.dtype | None, device: torch.
     return torch.compile(loss_fn, dynamic=True) if compile else loss_fn
 
 
-def train_step(loss_fn, optimizer, scheduler, scaler, micro_batches: list[dict], max_grad_norm: float = 1.0):
+def loss_units(batch: dict, class_weights: torch.Tensor | None = None) -> float:
+    """What a batch's loss is the mean over: its labelled tokens (tag, mlm: the labels that are not -100),
+    each counted with its class's weight where classes are weighted; else its rows (classify, multilabel,
+    regression: examples; qa: windows)."""
+    labels = batch.get("labels")
+    if labels is None or labels.is_floating_point():
+        return float(len(batch["input_ids"]))
+    real = labels[labels != -100]
+    return float(class_weights[real].sum()) if class_weights is not None else float(real.numel())
+
+
+def accumulation_shares(units: list[float], world: int = 1, device=None) -> list[float] | None:
+    """Each micro-batch's factor on its mean loss so that the step's gradient is that of one batch holding
+    every micro-batch of every process: its units over the units of them all (summed across processes,
+    before any forward pass), times the process count, which DDP's averaging divides out again.
+    None (equal parts) when there is nothing to count."""
+    total = sum(units)
+    if world > 1:
+        t = torch.tensor(total, dtype=torch.float64, device=device)
+        dist.all_reduce(t)
+        total = t.item()
+    return [u * world / total for u in units] if total > 0 else None
+
+
+def train_step(loss_fn, optimizer, scheduler, scaler, micro_batches: list[dict], max_grad_norm: float = 1.0,
+               shares: list[float] | None = None, no_sync=None):
     """One update from len(micro_batches) accumulated micro-batches.
 
+    shares: each micro-batch's factor on its mean loss (accumulation_shares); default equal parts.
+    no_sync: DistributedDataParallel.no_sync, entered for all but the last micro-batch, so that the
+    gradients are all-reduced once per step instead of once per micro-batch.
     Returns (mean loss, gradient norm before clipping, applied). A step whose gradients are
     not finite is not applied: with fp16 the scaler skips it and lowers its scale; in other
     precisions it is skipped here. The schedule advances only with applied updates.
     """
+    shares = shares or [1 / len(micro_batches)] * len(micro_batches)
     total = 0.0
-    for batch in micro_batches:
-        loss = loss_fn(**batch) / len(micro_batches)
-        (scaler.scale(loss) if scaler is not None else loss).backward()
+    for i, (batch, share) in enumerate(zip(micro_batches, shares)):
+        last = i == len(micro_batches) - 1
+        with no_sync() if no_sync is not None and not last else contextlib.nullcontext():
+            loss = loss_fn(**batch) * share
+            (scaler.scale(loss) if scaler is not None else loss).backward()
         total += loss.detach()
     params = [p for g in optimizer.param_groups for p in g["params"]]
     fold = scaler is None and optimizer.defaults.get("fused")

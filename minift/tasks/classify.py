@@ -63,6 +63,9 @@ class BertClassifier(nn.Module):
         self.mean = family.mean_pooling and config.classifier_pooling == "mean"
         for path in filter(None, self.parts):  # the encoder's weights come from the checkpoint
             init_weights(self.get_submodule(path), config.initializer_range)
+        # Training's loss options (--class-weights, --label-smoothing): not saved with the model.
+        self.register_buffer("class_weights", None, persistent=False)  # [C]; multilabel: pos_weight
+        self.label_smoothing = 0.0
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None):
         # The first token's vector alone, unless the head averages: then the last layer computes only its rows.
@@ -95,8 +98,9 @@ class BertClassifier(nn.Module):
             return F.mse_loss(logits.squeeze(-1), labels.float().view(-1)) if self.config.num_labels == 1 \
                 else F.mse_loss(logits, labels.float())
         if kind == "single_label_classification":
-            return F.cross_entropy(logits, labels.view(-1))
-        return F.binary_cross_entropy_with_logits(logits, labels.float())
+            return F.cross_entropy(logits, labels.view(-1), weight=self.class_weights,
+                                   label_smoothing=self.label_smoothing)
+        return F.binary_cross_entropy_with_logits(logits, labels.float(), pos_weight=self.class_weights)
 
     @classmethod
     def from_pretrained(cls, path, allow_pickle: bool = False, id2label=None, problem_type=None,
@@ -215,12 +219,15 @@ def metrics(logits: torch.Tensor, labels: torch.Tensor, task: str) -> dict[str, 
         acc = (pred == labels).float().mean().item()
         n = max(C, int(labels.max()) + 1 if len(labels) else 0)
         pred, gold = F.one_hot(pred, n).bool(), F.one_hot(labels, n).bool()
-    # Macro-F1: the F1 of each class (one-vs-rest), averaged with equal weight per class.
+    # Macro-F1 as scikit-learn's f1_score(average="macro"): the F1 of each class (one-vs-rest), averaged with
+    # equal weight per class, over the classes the gold or predicted labels hold (a class absent from both
+    # is no evidence either way); multilabel, like scikit-learn on indicator matrices, over every label.
     tp = (pred & gold).sum(0).float()
     fp = (pred & ~gold).sum(0).float()
     fn = (~pred & gold).sum(0).float()
     f1 = torch.where(tp > 0, 2 * tp / (2 * tp + fp + fn), torch.zeros_like(tp))
-    return {"loss": loss, "accuracy": acc, "macro_f1": f1.mean().item()}
+    seen = (tp + fp + fn > 0) if task == "classify" else torch.ones_like(tp, dtype=torch.bool)
+    return {"loss": loss, "accuracy": acc, "macro_f1": f1[seen].mean().item()}
 
 
 # ---- labels: the values a file holds -> class ids ----

@@ -58,17 +58,22 @@ class BertTagger(nn.Module):
         self.drop = Dropout(p)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         init_weights(self.classifier, config.initializer_range)
+        # Training's loss options (--class-weights, --label-smoothing): not saved with the model.
+        self.register_buffer("class_weights", None, persistent=False)  # [C]
+        self.label_smoothing = 0.0
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None):
         """-> logits [B, T, C] (zeros at padding), and with labels [B, T] the mean cross-entropy over
-        the labels that are not -100. Padding is never computed, so its labels do not count."""
+        the labels that are not -100 (weighted by class_weights, smoothed by label_smoothing, as
+        F.cross_entropy does). Padding is never computed, so its labels do not count."""
         x, pack = self.bert.encode(input_ids, attention_mask, token_type_ids)  # [N, H] real tokens
         if self.config.family.prediction_head:
             x = self.head(x)
         logits = self.classifier(self.drop(x))  # [N, C]
         if labels is None:
             return pack.pad(logits)
-        loss = F.cross_entropy(logits.float(), pack.unpad(labels), ignore_index=IGNORE)
+        loss = F.cross_entropy(logits.float(), pack.unpad(labels), ignore_index=IGNORE, weight=self.class_weights,
+                               label_smoothing=self.label_smoothing)
         return pack.pad(logits), loss
 
     @classmethod
