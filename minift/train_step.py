@@ -124,7 +124,7 @@ def loss_units(batch: dict, class_weights: torch.Tensor | None = None) -> float:
     each counted with its class's weight where classes are weighted; else its rows (classify, multilabel,
     regression: examples; qa: windows)."""
     labels = batch.get("labels")
-    if labels is None or labels.is_floating_point():
+    if not isinstance(labels, torch.Tensor) or labels.is_floating_point():  # also embed pairs, rerank passages
         return float(len(batch["input_ids"]))
     real = labels[labels != -100]
     return float(class_weights[real].sum()) if class_weights is not None else float(real.numel())
