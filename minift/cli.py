@@ -363,8 +363,9 @@ def predict(args):
     if args.resume_from_output:
         raise MiniftError(f"--resume-from-output: {task.name} predictions are written whole, not streamed")
     rows = answers(read_inputs(args, task, tok, opts))
-    if args.output and args.output.endswith(".json") and hasattr(task, "document"):
-        write_document(task.document(rows), args.output)
+    document = task.document(rows) if args.output and args.output.endswith(".json") else None
+    if document is not None:
+        write_document(document, args.output)
     else:
         write_lines(rows, args.output)
 
@@ -373,12 +374,12 @@ def streams(args, task, opts) -> bool:
     """Whether predict streams: reads, runs and writes a chunk of records at a time, in flat memory, one
     output line per input record. That holds for texts, from the command line, a .txt or a table's text
     column. A file in a task's own format (SQuAD, CoNLL, word/TAG: `--format`, or any input of a task other
-    than classification but a .txt) is read whole, since one example may span many lines; so is a task's own
-    output document (qa's .json)."""
+    than classification but a .txt) is read whole, since one example may span many lines; so is every input
+    of a task that does not stream (qa: a question needs its context)."""
     from minift.tasks.classify import Classify
     own_format = args.input and (getattr(opts, "format", None) or
                                  Path(args.input).suffix.lower() != ".txt" and not isinstance(task, Classify))
-    return not (own_format or hasattr(task, "document"))
+    return task.streams and not own_format
 
 
 def plot(args):

@@ -1,24 +1,9 @@
 """Tasks: what differs between fine-tuning jobs on one encoder, one file each.
 
-The training loop (train_loop.py), evaluation and prediction (predict.py) are the same for every
-task; they call these members of a task object, and nothing else about it:
-
-  name, model            the task's name and its nn.Module: encoder + head, Hugging Face names and layout
-  metrics                its dev metrics' names; the first is the default --metric
-  default_max_length     --max-length when none is given (capped at the model's positions)
-  read(path, opts, labelled)     a file -> examples (opts: TaskOptions, or the RunConfig that extends it)
-  from_texts(texts, pairs, tok)  what a user typed -> examples, for predict
-  label_names(train)             id2label from the training examples, or None
-  features(examples, tok, max_length, config, opts, log)
-                                 examples -> token ids (+ labels, + the alignment back to the input)
-  batch(features, idx, pad_id)   rows idx of the features -> the model's keyword arguments, padded
-  outputs(model, batch)          one batch through the model -> one fp32 CPU result per row
-  score(outputs, features)       all rows' results -> {metric: value}
-  decode(outputs, features, examples, config)  -> what a user reads, one dict per example
-and, where a task has a file format of its own for predictions:
-  document(rows)         decode's rows -> the JSON document `predict --output NAME.json` writes
-and, on the model class, where checkpoints usually carry the head already (a masked LM's):
-  PRETRAINED_HEAD = True  train notes when a bare encoder (BertModel) makes it start a new head
+The training loop (train_loop.py), evaluation and prediction (predict.py) and the command line are the
+same for every task; they call the members of the protocol in task.py, and nothing else about a task.
+This file holds the settings a task reads (TaskOptions), the registry (TASKS) and how a saved model
+directory finds its task (of_saved).
 """
 from dataclasses import dataclass, fields
 
@@ -94,10 +79,9 @@ def of_saved(config: dict, path) -> object:
     if len(found) == 1:
         return found[0]
     # A task that knows its models by a mark of their own (rerank: sentence-transformers' cross-encoder's) first.
-    claimed = [t for t in found if getattr(t, "claims", None) and t.claims(config)]
+    claimed = [t for t in found if t.claims(config)]
     if claimed:
         return claimed[0]
-    found = [t for t in found if not getattr(t, "claims", None)]
     # Sequence classification: Hugging Face's rule when problem_type is absent.
     kind = config.get("problem_type")
     if kind is None:

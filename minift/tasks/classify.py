@@ -19,6 +19,7 @@ from minift.data import Dataset, read_dataset
 from minift.errors import MiniftError
 from minift.families import activation
 from minift.model import ACT, Bert, Dropout, init_weights
+from minift.tasks.task import Task
 
 def put(root: nn.Module, path: str, module: nn.Module | nn.Parameter):
     """root.<path> = module, making the empty containers on the way (classifier.dense -> classifier, then dense)."""
@@ -127,7 +128,7 @@ class Features:
     unseen: dict[str, int] = field(default_factory=dict)
 
 
-class Classify:
+class Classify(Task[Dataset, Features, torch.Tensor]):  # a row: its logits [C]
     model = BertClassifier
     default_max_length = 128
 

@@ -26,6 +26,7 @@ from minift.errors import MiniftError
 from minift.model import Bert
 from minift.pooling import MODES, Pooling, pool, read_pooling, write_pooling
 from minift.retrieval import correlations, ranks, retrieval_metrics
+from minift.tasks.task import Task
 
 PAIR_METRICS = ("ndcg@10", "mrr@10", "recall@1", "recall@10")
 SCORED_METRICS = ("spearman", "pearson")
@@ -120,7 +121,7 @@ class Features:
     pooling: str | None
 
 
-class Embed:
+class Embed(Task[Rows, Features, torch.Tensor]):  # a row: its texts' embeddings [k, H]
     name = "embed"
     model = SentenceEncoder
     problem_type = None

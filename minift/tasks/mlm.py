@@ -27,6 +27,7 @@ from minift.errors import MiniftError
 from minift.families import FAMILIES, activation
 from minift.model import ACT, Bert, init_weights
 from minift.tasks.classify import put
+from minift.tasks.task import Task
 
 MASK_RATE = 0.15  # of the tokens other than the special ones ([CLS] and [SEP], <s> and </s>)
 TOP_K = 5  # predictions shown per [MASK] by predict
@@ -124,7 +125,12 @@ class Features:
     tokens: list[str]  # the vocabulary by id, for predict's output
 
 
-class MaskedLM:
+# A sequence's result: [summed loss, correct, count] over its masked tokens when labelled, else (top token
+# ids [m, k], their probabilities [m, k]) for each of its m [MASK] tokens.
+MaskedRow = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+
+
+class MaskedLM(Task[Texts, Features, MaskedRow]):
     name = "mlm"
     model = BertForMaskedLM
     problem_type = None

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from minift.config import BertConfig
 from minift.errors import MiniftError
 from minift.model import Bert, PredictionHead, init_weights
+from minift.tasks.task import Task
 
 N_BEST = 20  # start and end candidates per window, as Hugging Face's run_qa.py and the original BERT
 DOC_STRIDE = 128  # with windows of 384 tokens (QA.default_max_length): SQuAD's usual, and transformers' pipeline's
@@ -381,12 +382,13 @@ def squad_metrics(preds: list[str], golds: list[list[str]], v2: bool) -> dict[st
 
 # ---- the task ----
 
-class QA:
+class QA(Task[Examples, Features, torch.Tensor]):  # a row: a window's start and end scores [2, T]
     name = "qa"
     model = BertQA
     problem_type = None
     metrics = ("f1", "exact", "loss")
     default_max_length = 384  # SQuAD's usual windows (with --doc-stride 128)
+    streams = False  # a question needs its context: predict reads its input whole
 
     def read(self, path, opts, labelled: bool = True) -> Examples:
         return read(path, labelled)

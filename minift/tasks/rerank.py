@@ -23,6 +23,7 @@ from minift.errors import MiniftError
 from minift.retrieval import grouped_metrics
 from minift.tasks.classify import BertClassifier
 from minift.tasks.embed import Rows, read_rows
+from minift.tasks.task import Task
 
 # What sentence-transformers writes into a cross-encoder's config.json; its activation gives predict's score.
 MARKER = {"activation_fn": "torch.nn.modules.activation.Sigmoid", "version": "minift"}
@@ -73,15 +74,13 @@ class Features:
     listwise: bool
 
 
-class Rerank:
+class Rerank(Task[Rows, Features, torch.Tensor]):  # a row: a query's passages' scores [k]
     name = "rerank"
     model = CrossEncoder
-    problem_type = None
     default_max_length = 256
     metrics = ("ndcg@10", "mrr@10")
 
-    @staticmethod
-    def claims(config: dict) -> bool:
+    def claims(self, config: dict) -> bool:
         """A *ForSequenceClassification that sentence-transformers saved as a cross-encoder, with one output."""
         return "sentence_transformers" in config and len(config.get("id2label") or {0: 0}) == 1
 

@@ -33,6 +33,7 @@ from minift.config import BertConfig
 from minift.errors import MiniftError
 from minift.model import Bert, Dropout, PredictionHead, init_weights
 from minift.tasks.classify import unseen_labels
+from minift.tasks.task import Task
 
 FORMATS = {".conll": "conll", ".iob": "conll", ".bio": "conll", ".jsonl": "jsonl", ".ndjson": "jsonl",
            ".txt": "wordtag"}
@@ -252,7 +253,7 @@ class Features:
     unseen: dict[str, int] = field(default_factory=dict)
 
 
-class Tag:
+class Tag(Task[Sentences, Features, torch.Tensor]):  # a row: its tokens' logits [T, C]
     name = "tag"
     model = BertTagger
     problem_type = None
