@@ -219,9 +219,10 @@ def run(args):
         fetch = fetch_weights if args.kind == "weights" else fetch_data
         fetch(args.name, args.dir or args.kind, source=args.source)
     elif args.command == "embed":
-        from minift.predict import embed_texts, load_encoder
+        from minift.predict import embed_texts, load_encoder, matmul_line
         from minift.stream import stream, stream_npy
         model, tok = load_encoder(args.model, allow_pickle=args.allow_pickle, quantize=args.quantize)
+        print(matmul_line("embed", model, "fp32", args.quantize), file=sys.stderr)
 
         def vectors(texts, pairs=None):  # [n, H]
             return embed_texts(model, tok, texts, args.batch_size, args.max_length)
@@ -242,8 +243,9 @@ def run(args):
         if row:  # under torchrun only rank 0 reports
             print(json.dumps(row))
     elif args.command == "predict":
-        from minift.predict import load, predict_examples, task_options
+        from minift.predict import load, matmul_line, predict_examples, task_options
         model, tok, task = load(args.model, args.device, args.allow_pickle)
+        print(matmul_line("predict", model, args.precision, args.quantize), file=sys.stderr)
         opts = task_options(options_of(args), task)
         # One answer per text or pair is streamed; a task's own file formats (qa: SQuAD, tag: CoNLL, ...)
         # and documents (qa's .json) are read and written whole.
@@ -277,7 +279,7 @@ def run(args):
         from minift.predict import evaluate
         result = evaluate(args.model, args.data, batch_size=args.batch_size, max_length=args.max_length,
                           device=args.device, precision=args.precision, allow_pickle=args.allow_pickle,
-                          quantize=args.quantize, **options_of(args))
+                          quantize=args.quantize, log=sys.stderr, **options_of(args))
         if result.get("skipped_empty"):
             print(f"{args.data}: skipped {result['skipped_empty']} row(s) with empty text", file=sys.stderr)
         print(json.dumps(result))

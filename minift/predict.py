@@ -10,6 +10,7 @@ from minift import tasks
 from minift.config import BertConfig
 from minift.data import length_batches
 from minift.errors import MiniftError
+from minift.gemm import describe, fast_linears
 from minift.tokenizer import Tokenizer
 from minift.train_step import pick_device, pick_precision
 
@@ -22,7 +23,9 @@ def run_model(model, task, feats, pad_id: int, batch_size: int, device: torch.de
     model.eval()
     out = [None] * len(feats.ids)
     # One autocast region for all batches: it casts each weight to low precision once, not once per batch.
-    with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+    # fp32 linears on the machine's fastest path (minift/gemm.py), packed once while the weights stay the same.
+    with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None), \
+            fast_linears(model, keep=not was_training):
         for idx in length_batches([len(x) for x in feats.ids], batch_size, seed=None):
             b = {k: v.to(device) for k, v in task.batch(feats, idx, pad_id).items()}
             for i, r in zip(idx, task.outputs(model, b)):
@@ -73,6 +76,12 @@ def task_options(options: dict, task) -> tasks.TaskOptions:
     return opts
 
 
+def matmul_line(command: str, model, precision: str, quantize: str | None) -> str:
+    """A run's first line on stderr: which path its matmuls take (minift/gemm.py)."""
+    amp_dtype = None if quantize else pick_precision(precision, next(model.parameters()).device)
+    return f"minift {command}: {describe(model, amp_dtype, quantize)}"
+
+
 def outputs_of(model, tok, task, examples, opts, batch_size, max_length, precision, quantize=None):
     """Features of the examples (truncated as in training unless max_length is given), run: (outputs, features).
     quantize="int8": see minift/quantize.py."""
@@ -107,10 +116,12 @@ def predict_examples(model, tok, task, examples, opts, batch_size, max_length, p
 
 def evaluate(model_dir, data, text_column="text", text_pair_column=None, label_column="label",
              batch_size: int = 64, max_length: int | None = None, device: str = "auto", precision: str = "auto",
-             allow_pickle: bool = False, quantize: str | None = None, **options) -> dict:
+             allow_pickle: bool = False, quantize: str | None = None, log=None, **options) -> dict:
     """The task's metrics of a fine-tuned model on a labelled file, plus the number of examples.
-    options: the task's other settings (TaskOptions)."""
+    options: the task's other settings (TaskOptions). log: a file to write matmul_line to first."""
     model, tok, task = load(model_dir, device, allow_pickle)
+    if log is not None:
+        print(matmul_line("eval", model, precision, quantize), file=log)
     check_sizes(model, batch_size, max_length, text_pair_column is not None)  # before reading the data
     opts = task_options(dict(options, text_column=text_column, text_pair_column=text_pair_column,
                              label_column=label_column), task)
@@ -145,9 +156,11 @@ def embed_texts(model, tok, texts: list[str], batch_size: int = 64, max_length: 
     dev = next(model.parameters()).device
     ids, types = tok.encode(texts, None, max_length)
     out = torch.empty(len(texts), model.config.hidden_size)
-    for idx in length_batches([len(x) for x in ids], batch_size, seed=None):
-        b = {k: v.to(dev) for k, v in Tokenizer.pad([ids[i] for i in idx], [types[i] for i in idx], tok.pad_id).items()}
-        h, _ = model(**b)  # [b, T, H]
-        m = b["attention_mask"].unsqueeze(-1).float()  # [b, T, 1]
-        out[idx] = F.normalize((h * m).sum(1) / m.sum(1), dim=-1).cpu()
+    with fast_linears(model):  # fp32 linears on the machine's fastest path (minift/gemm.py)
+        for idx in length_batches([len(x) for x in ids], batch_size, seed=None):
+            pad = Tokenizer.pad([ids[i] for i in idx], [types[i] for i in idx], tok.pad_id)
+            b = {k: v.to(dev) for k, v in pad.items()}
+            h, _ = model(**b)  # [b, T, H]
+            m = b["attention_mask"].unsqueeze(-1).float()  # [b, T, 1]
+            out[idx] = F.normalize((h * m).sum(1) / m.sum(1), dim=-1).cpu()
     return out

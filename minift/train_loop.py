@@ -31,6 +31,7 @@ from minift.checkpoint import append_line, atomic_write, load_train_state, save_
 from minift.config import BertConfig, bert_architecture
 from minift.data import length_batches
 from minift.errors import MiniftError
+from minift.gemm import describe
 from minift.lock import LOCK, run_lock
 from minift.model import count_params
 from minift.modes import apply_mode, merge_lora, parse_mode
@@ -226,7 +227,8 @@ def setup(cfg: RunConfig, resume: bool, allow_pickle: bool, log) -> Run:
     print(f"minift: {cfg.mode} fine-tuning for {cfg.task}, {count_params(net, True):,} of {count_params(net):,} "
           f"parameters train; {len(train_feats.ids)} examples, {total_steps} steps of {cfg.batch_size * cfg.grad_accum}; "
           f"device {device}, precision {amp_dtype or 'fp32'}, compile {'on' if compile else 'off'}"
-          + (f", {world} processes" if world > 1 else ""), file=log)
+          + (f", {world} processes" if world > 1 else "")
+          + (f"; dev evaluation's {describe(net, amp_dtype)}" if dev_feats is not None else ""), file=log)
     return run
 
 
