@@ -138,16 +138,45 @@ def packed_weight(m: nn.Linear) -> torch.Tensor:
     return got[1]
 
 
+class OneDNNLinear(torch.autograd.Function):
+    """y = x W^T + b with all three products in oneDNN: forward, x's gradient (gy W) and W's (gy^T x). The weight
+    is passed unpacked (oneDNN lays it out per call, a small cost against the product): it changes every step."""
+
+    @staticmethod
+    def forward(ctx, x, w, b):  # x [M, in], w [out, in], b [out] or None -> [M, out]
+        x = x.contiguous()
+        ctx.save_for_backward(x, w)
+        ctx.has_bias = b is not None
+        return torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
+
+    @staticmethod
+    def backward(ctx, gy):  # gy [M, out]
+        x, w = ctx.saved_tensors
+        gy = gy.contiguous()
+        gx = gw = gb = None
+        if ctx.needs_input_grad[0]:  # [M, out] x [out, in]: a linear whose weight is W^T
+            gx = torch.ops.mkldnn._linear_pointwise(gy, w.t().contiguous(), None, "none", [], "")
+        if ctx.needs_input_grad[1]:  # [out, M] x [M, in]: a linear whose weight is x^T
+            gw = torch.ops.mkldnn._linear_pointwise(gy.t().contiguous(), x.t().contiguous(), None, "none", [], "")
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            gb = gy.sum(0)
+        return gx, gw, gb
+
+
 def packed_forward(m: nn.Linear, x):
-    if torch.is_grad_enabled() or x.dtype != torch.float32 or torch.is_autocast_enabled("cpu"):
-        return F.linear(x, m.weight, m.bias)  # training, or a precision oneDNN's fp32 path is not for
+    if x.dtype != torch.float32 or torch.is_autocast_enabled("cpu"):
+        return F.linear(x, m.weight, m.bias)  # a precision oneDNN's fp32 path is not for
+    if torch.is_grad_enabled():  # training: every product through oneDNN, gradients by OneDNNLinear
+        y = OneDNNLinear.apply(x.reshape(-1, x.size(-1)), m.weight, m.bias)
+        return y.view(*x.shape[:-1], -1)
     return torch.ops.mkldnn._linear_pointwise(x, packed_weight(m), m.bias, "none", [], "")
 
 
 @contextlib.contextmanager
 def fast_linears(model: nn.Module, keep: bool = True):
-    """Within the block, the model's fp32 CPU linears run on the path path_for() picks (without gradients only:
-    with them, torch's default). keep=False drops the packed weights on leaving (a model that trains on)."""
+    """Within the block, the model's fp32 CPU linears run on the path path_for() picks: at inference on weights
+    packed once, with gradients through OneDNNLinear. keep=False drops the packed weights on leaving (a model
+    that trains on)."""
     linears = fp32_linears(model) if path_for(model)[0] == "onednn" else []
     for m in linears:
         m.forward = functools.partial(packed_forward, m)
