@@ -14,6 +14,7 @@ import contextlib
 import copy
 import datetime
 import json
+import os
 import platform
 import resource
 import statistics
@@ -301,6 +302,18 @@ def row(case, system, times, per, unit, work, work_unit, fl=None, ceiling=None, 
 
 
 # ---------------------------------------------------------------- (a) fixed-shape training step
+def default_gemm(fn):
+    """fn run with MINIFT_GEMM=mkl: minift's fp32 linears on torch's default matmul (minift/gemm.py)."""
+    def run(*args):
+        before = os.environ.get("MINIFT_GEMM")
+        os.environ["MINIFT_GEMM"] = "mkl"
+        try:
+            return fn(*args)
+        finally:
+            os.environ.pop("MINIFT_GEMM") if before is None else os.environ.update(MINIFT_GEMM=before)
+    return run
+
+
 def case_a(dev, args, ceil):
     """Both systems train on the very same random batch: identical inputs by construction."""
     shapes = [(None, "MiniLM", 8, 64) if args.quick and dev.type == "cpu" else (None, "MiniLM", BATCH, MAX_LEN)]
@@ -313,6 +326,8 @@ def case_a(dev, args, ceil):
         batch, fl = random_batch(B, T, dev), flops([T] * B, cfg or BertConfig.from_json(MODEL), train=True) * per
         for amp in precisions(dev):
             steps = {"minift": minift_trainer(cfg, dev, amp)[0], "transformers": hf_trainer(cfg, dev, amp)[0]}
+            if amp is None and dev.type == "cpu":  # what minift/gemm.py's path gives in training
+                steps["minift (torch's default matmul)"] = default_gemm(minift_trainer(cfg, dev, amp)[0])
             for _ in range(args.warmup):
                 for s in steps.values():
                     s(batch)
