@@ -691,6 +691,9 @@ def main():
         print("bf16 is not native on this machine (emulated, orders of magnitude slower): its ceiling and its rows "
               "are skipped", file=sys.stderr)
     meta["ceilings"] = ceil = ceilings(dev, args.quick)
+    if dev.type == "cpu":  # the path minift's fp32 linears take on MiniLM here, and why (minift/gemm.py)
+        from minift.gemm import describe
+        meta["minift_fp32_matmul"] = describe(minift_model(None, dev))
     rows, result = [], {"meta": meta, "rows": []}
     for c in cases:
         print(f"case ({c}) ...", file=sys.stderr)
@@ -714,6 +717,7 @@ def write(out, result, dev, quiet=False):
               f"torch {meta['torch']}, transformers {meta['transformers']}"
               f"{', QUICK (not a measurement)' if meta['quick'] else ''}\n\nceilings (best path of each precision, "
               f"MFU divides by it): {ceiling_line(meta['ceilings'])}"
+              + (f"\n\nminift's {meta['minift_fp32_matmul']}" if "minift_fp32_matmul" in meta else "")
               f"\n\n{table(result['rows'])}\n")
     for a in result.get("accuracy", []):
         report += f"\naccuracy: {a['system']}: test accuracy {a['test_accuracy']:.4f}, {a['wall_s']:.0f} s"

@@ -57,9 +57,10 @@ def decide(timings: dict[str, float]) -> str:
     return min(PATHS, key=lambda p: (timings.get(p, float("inf")), PATHS.index(p)))
 
 
-def measure(shapes: tuple, rows: int = ROWS, repeats: int = 3) -> dict[str, float]:
+def measure(shapes: tuple, rows: int = ROWS, repeats: int = 9) -> dict[str, float]:
     """Seconds per pass over one product of every (in, out) shape, per path: the least of `repeats`
-    passes, which alternate between the paths after one warm-up each."""
+    passes, which alternate between the paths after one warm-up each. A pass takes a millisecond or two:
+    on a shared machine one preemption outlasts it, hence the least of several."""
     with torch.inference_mode():
         xs = [torch.randn(rows, k) for k, _ in shapes]
         ws = [torch.randn(n, k) for k, n in shapes]
