@@ -717,7 +717,7 @@ def write(out, result, dev, quiet=False):
               f"torch {meta['torch']}, transformers {meta['transformers']}"
               f"{', QUICK (not a measurement)' if meta['quick'] else ''}\n\nceilings (best path of each precision, "
               f"MFU divides by it): {ceiling_line(meta['ceilings'])}"
-              + (f"\n\nminift's {meta['minift_fp32_matmul']}" if "minift_fp32_matmul" in meta else "")
+              f"{chr(10) * 2 + 'minift: ' + meta['minift_fp32_matmul'] if 'minift_fp32_matmul' in meta else ''}"
               f"\n\n{table(result['rows'])}\n")
     for a in result.get("accuracy", []):
         report += f"\naccuracy: {a['system']}: test accuracy {a['test_accuracy']:.4f}, {a['wall_s']:.0f} s"
