@@ -219,13 +219,17 @@ def run(args):
         fetch = fetch_weights if args.kind == "weights" else fetch_data
         fetch(args.name, args.dir or args.kind, source=args.source)
     elif args.command == "embed":
-        from minift.predict import embed_texts, load_encoder, matmul_line
+        from minift.gemm import describe
+        from minift.predict import embed_texts, load_encoder
         from minift.stream import stream, stream_npy
         model, tok = load_encoder(args.model, allow_pickle=args.allow_pickle, quantize=args.quantize)
-        print(matmul_line("embed", model, "fp32", args.quantize), file=sys.stderr)
+        first = [f"minift embed: {describe(model, None, args.quantize)}"]  # printed as the first batch runs
 
         def vectors(texts, pairs=None):  # [n, H]
-            return embed_texts(model, tok, texts, args.batch_size, args.max_length)
+            out = embed_texts(model, tok, texts, args.batch_size, args.max_length)
+            if first:
+                print(first.pop(), file=sys.stderr)
+            return out
 
         def as_json(texts, pairs=None):
             return [{"text": t, "embedding": v} for t, v in zip(texts, vectors(texts).tolist())]
@@ -243,9 +247,9 @@ def run(args):
         if row:  # under torchrun only rank 0 reports
             print(json.dumps(row))
     elif args.command == "predict":
-        from minift.predict import load, matmul_line, predict_examples, task_options
+        from minift.predict import load, predict_examples, task_options
         model, tok, task = load(args.model, args.device, args.allow_pickle)
-        print(matmul_line("predict", model, args.precision, args.quantize), file=sys.stderr)
+        log = [("predict", sys.stderr)]  # the matmul path, named once, when the first batch is checked
         opts = task_options(options_of(args), task)
         # One answer per text or pair is streamed; a task's own file formats (qa: SQuAD, tag: CoNLL, ...)
         # and documents (qa's .json) are read and written whole.
@@ -257,7 +261,7 @@ def run(args):
                 raise MiniftError(f"--resume-from-output: {task.name} predictions are written whole, not streamed")
             examples = read_inputs(args, task, tok, opts)
             rows = predict_examples(model, tok, task, examples, opts, args.batch_size, args.max_length, args.precision,
-                                    args.quantize)
+                                    args.quantize, log.pop())
             rows = [answer_first(t, r) for t, r in zip(examples.texts, rows)]
             if args.output and args.output.endswith(".json") and hasattr(task, "document"):
                 write_document(task.document(rows), args.output)
@@ -268,7 +272,7 @@ def run(args):
 
             def answer(texts, pairs):
                 rows = predict_examples(model, tok, task, task.from_texts(texts, pairs, tok), opts, args.batch_size,
-                                        args.max_length, args.precision, args.quantize)
+                                        args.max_length, args.precision, args.quantize, log.pop() if log else None)
                 return [answer_first(t, r) for t, r in zip(texts, rows)]
             stream(records_of(args, opts.text_column, opts.text_pair_column), answer, args.output,
                    args.resume_from_output, args.input or "the texts")

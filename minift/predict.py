@@ -76,15 +76,9 @@ def task_options(options: dict, task) -> tasks.TaskOptions:
     return opts
 
 
-def matmul_line(command: str, model, precision: str, quantize: str | None) -> str:
-    """A run's first line on stderr: which path its matmuls take (minift/gemm.py)."""
-    amp_dtype = None if quantize else pick_precision(precision, next(model.parameters()).device)
-    return f"minift {command}: {describe(model, amp_dtype, quantize)}"
-
-
-def outputs_of(model, tok, task, examples, opts, batch_size, max_length, precision, quantize=None):
+def outputs_of(model, tok, task, examples, opts, batch_size, max_length, precision, quantize=None, log=None):
     """Features of the examples (truncated as in training unless max_length is given), run: (outputs, features).
-    quantize="int8": see minift/quantize.py."""
+    quantize="int8": see minift/quantize.py. log: where to write matmul_line once the sizes are checked."""
     check_sizes(model, batch_size, max_length, examples.pairs is not None)
     dev = next(model.parameters()).device
     max_length = max_length or min(tok.model_max_length, model.config.max_tokens)
@@ -93,6 +87,8 @@ def outputs_of(model, tok, task, examples, opts, batch_size, max_length, precisi
     if quantize:
         from minift.quantize import quantize as quantize_model
         quantize_model(model, quantize, precision)
+    if log is not None:
+        print(f"minift {log[0]}: {describe(model, amp_dtype, quantize)}", file=log[1])
     return run_model(low_precision_weights(model, amp_dtype), task, feats, tok.pad_id, batch_size, dev, amp_dtype), feats
 
 
@@ -109,8 +105,9 @@ def predict(model_dir, texts: list[str], pairs: list[str] | None = None, batch_s
                             quantize)
 
 
-def predict_examples(model, tok, task, examples, opts, batch_size, max_length, precision, quantize=None) -> list[dict]:
-    outputs, feats = outputs_of(model, tok, task, examples, opts, batch_size, max_length, precision, quantize)
+def predict_examples(model, tok, task, examples, opts, batch_size, max_length, precision, quantize=None,
+                     log=None) -> list[dict]:
+    outputs, feats = outputs_of(model, tok, task, examples, opts, batch_size, max_length, precision, quantize, log)
     return task.decode(outputs, feats, examples, model.config)
 
 
@@ -118,15 +115,14 @@ def evaluate(model_dir, data, text_column="text", text_pair_column=None, label_c
              batch_size: int = 64, max_length: int | None = None, device: str = "auto", precision: str = "auto",
              allow_pickle: bool = False, quantize: str | None = None, log=None, **options) -> dict:
     """The task's metrics of a fine-tuned model on a labelled file, plus the number of examples.
-    options: the task's other settings (TaskOptions). log: a file to write matmul_line to first."""
+    options: the task's other settings (TaskOptions). log: a file for the line naming the matmul path."""
     model, tok, task = load(model_dir, device, allow_pickle)
-    if log is not None:
-        print(matmul_line("eval", model, precision, quantize), file=log)
     check_sizes(model, batch_size, max_length, text_pair_column is not None)  # before reading the data
     opts = task_options(dict(options, text_column=text_column, text_pair_column=text_pair_column,
                              label_column=label_column), task)
     examples = task.read(data, opts)
-    outputs, feats = outputs_of(model, tok, task, examples, opts, batch_size, max_length, precision, quantize)
+    outputs, feats = outputs_of(model, tok, task, examples, opts, batch_size, max_length, precision, quantize,
+                                None if log is None else ("eval", log))
     return {**task.score(outputs, feats), "examples": len(examples.texts),
             "skipped_empty": getattr(examples, "skipped_empty", 0)}
 
