@@ -1,20 +1,19 @@
-"""Which library multiplies the fp32 matrices of inference on a CPU: torch's default or oneDNN.
+"""Which library multiplies the fp32 matrices on a CPU: torch's default or oneDNN.
 
 PyTorch sends an fp32 nn.Linear to MKL. On AMD CPUs MKL takes a slower code path, and oneDNN, which
-PyTorch ships too, is about twice as fast on the same product with its weight laid out ("packed") for
-it once (docs/performance.md; ../bench/bench.py's ceilings show both paths side by side). So at
-inference (predict, eval, embed, the dev evaluation of training) the linears run through
-`torch.ops.mkldnn._linear_pointwise` on weights packed by `_reorder_linear_weight`, where a short
-measurement on the model's own shapes says that is faster on this machine:
+PyTorch ships too, is faster on the same product, most with its weight laid out ("packed") for it once
+(docs/performance.md; bench/bench.py's ceilings show the paths side by side). So where a short
+measurement on the model's own shapes says oneDNN is faster on this machine, the linears run through
+`torch.ops.mkldnn._linear_pointwise`: at inference (predict, eval, embed, the dev evaluation of training)
+on weights packed once by `_reorder_linear_weight` and packed again only when they change; in fp32
+training through OneDNNLinear, which does the forward and both gradient products in oneDNN.
 
     mkl     torch's default (F.linear; MKL on x86)
-    onednn  oneDNN with packed weights
+    onednn  oneDNN
     auto    measure both on the model's shapes once per process, take the faster (the default)
 
-MINIFT_GEMM=mkl|onednn|auto overrides. Weights are packed once and repacked only when they change (a
-training step). Training keeps the default path: oneDNN's linear has no backward in PyTorch, and a
-hand-written one did not pay (docs/performance.md). Where a PyTorch lacks the two oneDNN ops, or they
-fail a one-off check, the default path is used.
+MINIFT_GEMM=mkl|onednn|auto overrides. Where a PyTorch lacks the two oneDNN ops, or they fail a one-off
+check, the default path is used.
 """
 import contextlib
 import functools
