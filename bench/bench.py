@@ -1,17 +1,20 @@
 """minift versus Hugging Face transformers, side by side: same weights, data and machine.
 
-    python bench/bench.py [--quick] [--device cpu|cuda] [--out bench/results] [--cases abcd] [--accuracy [all]]
+    python bench/bench.py [--quick] [--device cpu|cuda] [--out bench/results] [--cases abcld] [--accuracy [all]]
 
 (a) fixed-shape training step, (b) fine-tuning steps on real polarity batches, (c) inference on the
-polarity test set, (d) torch.compile of minift's loss. Prints a Markdown table and writes OUT/bench.json;
+polarity test set, (l) the same on movie reviews cut to 128 and 512 tokens, (d) torch.compile of
+minift's loss. The header gives the matmul ceilings, the best of the paths this process has. Prints a Markdown table and writes OUT/bench.json;
 bench/README.md says how to read them. --quick only checks that everything runs.
 """
 if __name__ == "__main__" and not __package__:  # `python bench/x.py`: import bench/ as a package (bench/__init__.py)
     import sys; sys.path[0] = str(__import__("pathlib").Path(__file__).resolve().parents[1])  # noqa: E702
 import argparse
+import contextlib
 import copy
 import datetime
 import json
+import os
 import platform
 import resource
 import statistics
@@ -94,19 +97,15 @@ def timed_once(fn, dev):
     return time.perf_counter() - t
 
 
-def matmul_ceiling(dev, dtype, budget_s):
+def matmul_ceiling(dev, dtype, budget_s, make=None):
     """Best GFLOP/s of one square product, bounded by time: n doubles from 256 while a product takes
     under an eighth of the budget (up to 4096 on a CPU, where 4096 beat 2048 by ~15% in fp32, 8192 on a
-    GPU), then the largest n repeats until the budget is spent."""
+    GPU), then the largest n repeats until the budget is spent. make(n) -> the product as a function
+    (default: torch.mm in dtype on dev)."""
+    make = make or (lambda n: torch_product(n, dev, dtype))
     deadline, n, best, top = time.perf_counter() + budget_s, 256, 0.0, 8192 if dev.type == "cuda" else 4096
     while True:
-        if dtype == torch.int8:  # minift's int8 kernel: quantises its input each call, as in inference
-            from minift.quantize import Int8Linear, engine
-            x, f = torch.randn(n, n), Int8Linear(torch.nn.Linear(n, n, bias=False), *engine())
-            fn = lambda: f(x)  # noqa: E731
-        else:
-            a, b = (torch.randn(n, n, device=dev).to(dtype) for _ in range(2))
-            fn = lambda: torch.mm(a, b)  # noqa: E731
+        fn = make(n)
         fn()  # first call: allocation, packing
         t = timed_once(fn, dev)
         best = max(best, 2 * n ** 3 / t / 1e9)
@@ -118,22 +117,110 @@ def matmul_ceiling(dev, dtype, budget_s):
     return round(best, 1)
 
 
+def torch_product(n, dev, dtype):
+    a, b = (torch.randn(n, n, device=dev).to(dtype) for _ in range(2))
+    return lambda: torch.mm(a, b)
+
+
+def onednn_product(n, dtype):
+    """oneDNN's linear on a weight packed once, as minift/gemm.py runs fp32 inference."""
+    x, w = torch.randn(n, n).to(dtype), torch.ops.mkldnn._reorder_linear_weight(torch.randn(n, n).to(dtype), None)
+    return lambda: torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
+
+
+def int8_product(n):  # minift's int8 kernel: quantises its input each call, as in inference
+    from minift.quantize import Int8Linear, engine
+    x, f = torch.randn(n, n), Int8Linear(torch.nn.Linear(n, n, bias=False), *engine())
+    return lambda: f(x)
+
+
+def ort_product(n, int8=False):
+    """ONNX Runtime's MatMul (MLAS) on an n x n weight; int8: after its dynamic quantisation (int8 weight, input
+    quantised every call), as (c)'s int8 rows run."""
+    import tempfile
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+    w = numpy_helper.from_array(np.random.randn(n, n).astype(np.float32), "W")
+    io = [helper.make_tensor_value_info(k, TensorProto.FLOAT, [n, n]) for k in "XY"]
+    m = helper.make_model(helper.make_graph([helper.make_node("MatMul", ["X", "W"], ["Y"])], "g", io[:1], io[1:], [w]),
+                          opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = torch.get_num_threads(), 1
+    with tempfile.TemporaryDirectory() as tmp:
+        if int8:
+            import logging
+            logging.getLogger().setLevel(logging.ERROR)  # quantize_dynamic's advice to pre-process first
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+            quantize_dynamic(m, Path(tmp) / "q.onnx", weight_type=QuantType.QInt8)
+            m = str(Path(tmp) / "q.onnx")
+        sess = ort.InferenceSession(m if int8 else m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    x = np.random.randn(n, n).astype(np.float32)
+    return lambda: sess.run(None, {"X": x})
+
+
+def product_paths(dev, dtype):
+    """{path name: make(n) -> one n x n product}: the ways this process can multiply in dtype. On a CPU: torch's
+    default (MKL for fp32 on x86, oneDNN for bf16), oneDNN's linear on a packed weight where this PyTorch has it,
+    and ONNX Runtime's MLAS where it is installed; int8: minift's kernel and ONNX Runtime's dynamic int8."""
+    from minift.gemm import onednn_available
+    if dev.type != "cpu":
+        return {"torch.mm": None}
+    if dtype == torch.int8:
+        paths = {"minift int8 (quantized::linear_dynamic)": int8_product}
+    else:
+        paths = {"torch.mm (MKL)" if dtype == torch.float32 else "torch.mm": None}
+        if onednn_available():
+            paths["oneDNN packed"] = lambda n: onednn_product(n, dtype)
+    if dtype in (torch.float32, torch.int8) and ort_installed():
+        paths["ONNX Runtime MLAS"] = lambda n: ort_product(n, int8=dtype == torch.int8)
+    return paths
+
+
+def ort_installed():
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+def best_ceiling(dev, dtype, budget):
+    """(best GFLOP/s over product_paths, the path that reached it, {path: GFLOP/s}): the same budget per path."""
+    by_path = {name: matmul_ceiling(dev, dtype, budget, make) for name, make in product_paths(dev, dtype).items()}
+    top = max(by_path, key=by_path.get)
+    return by_path[top], top, by_path
+
+
 def ceilings(dev, quick):
-    """Best matmul GFLOP/s per precision and copy GB/s: what the hardware gives this process right now.
+    """Best matmul GFLOP/s per precision over the paths this process has (product_paths), the path that
+    reached it, each path's figure, and copy GB/s: what the hardware gives this process right now.
     bf16 where the machine has it natively only (elsewhere it is emulated, orders of magnitude slower);
-    int8 with minift's int8 kernel on a CPU."""
-    budget = 1.0 if quick else 4.0
-    out = {"fp32_matmul_gflops": matmul_ceiling(dev, torch.float32, budget)}
-    if low_precision(dev) == BF16:
-        out["bf16_matmul_gflops"] = matmul_ceiling(dev, BF16, budget)
-    if dev.type == "cpu" and quantize_available():
-        out["int8_matmul_gops"] = matmul_ceiling(dev, torch.int8, budget)
+    int8 on a CPU, where minift's int8 kernel runs."""
+    budget, out = (0.5 if quick else 2.0), {}
+    kinds = [("fp32_matmul_gflops", torch.float32)] + [("bf16_matmul_gflops", BF16)] * (low_precision(dev) == BF16)
+    kinds += [("int8_matmul_gops", torch.int8)] * (dev.type == "cpu" and quantize_available())
+    for key, dtype in kinds:
+        out[key], out[key + "_path"], out[key + "_by_path"] = best_ceiling(dev, dtype, budget)
     src = torch.randn(64 * 2 ** 20, device=dev)  # 256 MiB, far beyond any cache
     dst, best = torch.empty_like(src), float("inf")
     for _ in range(5):
         best = min(best, timed_once(lambda: dst.copy_(src), dev))
     out["copy_gbs_read_plus_write"] = round(2 * src.nbytes / best / 1e9, 1)
     return out
+
+
+def ceiling_line(ceil):
+    """'fp32 483 GFLOP/s (oneDNN packed; torch.mm (MKL) 200, ...)' per precision, and the copy rate."""
+    parts = []
+    for key in (k for k in ceil if k.endswith(("_gflops", "_gops"))):
+        others = ", ".join(f"{p} {v:,.0f}" for p, v in ceil[key + "_by_path"].items() if p != ceil[key + "_path"])
+        unit = "GOP/s" if key.endswith("_gops") else "GFLOP/s"
+        parts.append(f"{key.split('_')[0]} {ceil[key]:,.0f} {unit} "
+                     f"({ceil[key + '_path']}{'; ' + others if others else ''})")
+    return "; ".join(parts) + f"; copy {ceil['copy_gbs_read_plus_write']} GB/s"
 
 
 def flops(lengths, cfg, train):
@@ -215,6 +302,18 @@ def row(case, system, times, per, unit, work, work_unit, fl=None, ceiling=None, 
 
 
 # ---------------------------------------------------------------- (a) fixed-shape training step
+def default_gemm(fn):
+    """fn run with MINIFT_GEMM=mkl: minift's fp32 linears on torch's default matmul (minift/gemm.py)."""
+    def run(*args):
+        before = os.environ.get("MINIFT_GEMM")
+        os.environ["MINIFT_GEMM"] = "mkl"
+        try:
+            return fn(*args)
+        finally:
+            os.environ.pop("MINIFT_GEMM") if before is None else os.environ.update(MINIFT_GEMM=before)
+    return run
+
+
 def case_a(dev, args, ceil):
     """Both systems train on the very same random batch: identical inputs by construction."""
     shapes = [(None, "MiniLM", 8, 64) if args.quick and dev.type == "cpu" else (None, "MiniLM", BATCH, MAX_LEN)]
@@ -227,6 +326,8 @@ def case_a(dev, args, ceil):
         batch, fl = random_batch(B, T, dev), flops([T] * B, cfg or BertConfig.from_json(MODEL), train=True) * per
         for amp in precisions(dev):
             steps = {"minift": minift_trainer(cfg, dev, amp)[0], "transformers": hf_trainer(cfg, dev, amp)[0]}
+            if amp is None and dev.type == "cpu":  # what minift/gemm.py's path gives in training
+                steps["minift (torch's default matmul)"] = default_gemm(minift_trainer(cfg, dev, amp)[0])
             for _ in range(args.warmup):
                 for s in steps.values():
                     s(batch)
@@ -362,13 +463,36 @@ def onnx_sessions(hf, tmp):
 
 
 def case_c(dev, args, ceil):
-    """One alternating run of every system. "identical batches": the same padded tensors (file order,
-    batches of 64, each padded to its longest) for every system; minift's own way sorts by length."""
-    import tempfile
-    from minift.quantize import quantize
     tok, ids, types, _ = polarity("test")
     n = 64 if args.quick else len(ids)  # quick: one batch
-    ids, types, lengths = ids[:n], types[:n], [len(x) for x in ids[:n]]
+    return inference_case(dev, args, ceil, f"c inference polarity test ({n})", tok, ids[:n], types[:n])
+
+
+def case_l(dev, args, ceil):
+    """(c) on long texts: whole movie reviews (data/reviews/test.csv, polarity v2.0), the first that have at
+    least T tokens, cut to T = 128 and T = 512 tokens: every sequence T real tokens long."""
+    path = ROOT / "data" / "reviews" / "test.csv"
+    if not path.is_file():
+        print(f"(l): {path} missing (minift fetch data reviews): case (l) left out", file=sys.stderr)
+        return []
+    tok, texts, rows = Tokenizer.from_dir(MODEL), read_dataset(path).texts, []
+    for T, n in ((128, 128), (512, 64)):
+        ids, types = tok.encode(texts, None, T)
+        keep = [i for i, x in enumerate(ids) if len(x) == T][:8 if args.quick else n]
+        rows += inference_case(dev, args, ceil, f"l inference movie reviews cut to {T} tokens ({len(keep)})", tok,
+                               [ids[i] for i in keep], [types[i] for i in keep])
+    return rows
+
+
+def inference_case(dev, args, ceil, case, tok, ids, types):
+    """One alternating run of every system. "identical batches": the same padded tensors (file order,
+    batches of 64, each padded to its longest) for every system; minift's own way sorts by length.
+    minift's identical-batch rows run as predict does (minift/gemm.py's path for fp32); one more fp32 row
+    keeps torch's default matmul, to show what the path gives."""
+    import tempfile
+    from minift.gemm import fast_linears
+    from minift.quantize import quantize
+    n, lengths = len(ids), [len(x) for x in ids]
     same = [Tokenizer.pad(ids[s:s + 64], types[s:s + 64], tok.pad_id) for s in range(0, n, 64)]
     mf, hf = minift_model(None, dev).eval(), hf_model(None, dev).eval()
     fl = flops(lengths, BertConfig.from_json(MODEL), train=False)
@@ -377,24 +501,25 @@ def case_c(dev, args, ceil):
         return run_model(model, TASKS["classify"], Features(ids, types, None), tok.pad_id, 64, dev, amp)
 
     @torch.inference_mode()
-    def run(model, amp, out):  # the identical batches through a torch model
-        with autocast(dev, amp):
+    def run(model, amp, out, fast=False):  # the identical batches through a torch model
+        with autocast(dev, amp), fast_linears(model) if fast else contextlib.nullcontext():
             for b in same:
                 out(model(**to(b, dev))).float().cpu()
     units, prec = {}, {}
     for amp in precisions(dev):
         # As minift.predict runs it: in low precision the matmul weights are stored in that dtype.
         m, p = (mf if amp is None else low_precision_weights(copy.deepcopy(mf), amp)), pname(amp)
-        units[f"minift: length-sorted (run_model), {p}"] = \
-            lambda a=amp, m=m: sorted_pass(m, a)
-        units[f"minift (identical batches), {p}"] = lambda a=amp, m=m: run(m, a, lambda y: y)
+        units[f"minift: length-sorted (run_model), {p}"] = lambda a=amp, m=m: sorted_pass(m, a)
+        units[f"minift (identical batches), {p}"] = lambda a=amp, m=m: run(m, a, lambda y: y, fast=True)
+        if amp is None:
+            units["minift (identical batches, torch's default matmul), fp32"] = lambda m=m: run(m, None, lambda y: y)
         units[f"transformers (identical batches), {p}"] = lambda a=amp: run(hf, a, lambda y: y.logits)
-        prec.update(dict.fromkeys(list(units)[-3:], p))
+        prec.update(dict.fromkeys([k for k in units if k not in prec], p))
     tmp = tempfile.TemporaryDirectory()
     if dev.type == "cpu" and quantize_available():
         q = quantize(copy.deepcopy(mf))
         units["minift: length-sorted (run_model), int8"] = lambda: sorted_pass(q, None)
-        units["minift (identical batches), int8"] = lambda: run(q, None, lambda y: y)
+        units["minift (identical batches), int8"] = lambda: run(q, None, lambda y: y, fast=True)
         prec.update(dict.fromkeys(list(units)[-2:], "int8"))
     for k, sess in (onnx_sessions(hf, tmp.name) if dev.type == "cpu" else {}).items():
         feeds = [{name: b[name].numpy() for name in ("input_ids", "attention_mask", "token_type_ids")} for b in same]
@@ -405,20 +530,21 @@ def case_c(dev, args, ceil):
     times = alternate(units, args.repeats, dev)
     tmp.cleanup()
     base = "minift (identical batches), fp32"
-    return [row(f"c inference polarity test ({n})", k, t, 1, "s/pass", sum(lengths), "real tok/s", fl,
+    return [row(case, k, t, 1, "s/pass", sum(lengths), "real tok/s", fl,
                 ceil.get(f"{prec[k]}_matmul_gflops") or ceil.get(f"{prec[k]}_matmul_gops"),
                 seq_s=n / statistics.median(t), vs=vs_c(k, units, base))
             for k, t in times.items()]
 
 
 def vs_c(system, units, base):
-    """What a (c) row is compared with: a minift row with the peers on identical batches in its precision
-    (int8: fp32's peers too), and int8 with minift's own fp32 on the same batches."""
+    """What a (c) or (l) row is compared with: a minift row with the peers on identical batches in its precision
+    (int8: fp32's peers too), int8 with minift's own fp32 on the same batches, and that fp32 row with
+    itself on torch's default matmul."""
     if not system.startswith("minift"):
         return []
     p = system.rsplit(", ", 1)[1]
     peers = [k for k in units if not k.startswith("minift") and k.endswith((", " + p, ", fp32") if p == "int8" else p)]
-    return peers + [base] * (p == "int8")
+    return peers + [base] * (p == "int8") + ["minift (identical batches, torch's default matmul), fp32"] * (system == base)
 
 
 # ---------------------------------------------------------------- (d) torch.compile
@@ -526,7 +652,7 @@ def main():
                          "checks that it runs")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cpu", "cuda"))
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
-    ap.add_argument("--cases", default=None, help="any of a, b, c, d (default abcd; abc with --quick)")
+    ap.add_argument("--cases", default=None, help="any of a, b, c, l, d (default abcld; abc with --quick)")
     ap.add_argument("--repeats", type=int, default=None, help="timed repeats per system (default 5, quick 2)")
     ap.add_argument("--steps", type=int, default=None, help="timed steps per repeat in (b) (default 40, quick 2)")
     ap.add_argument("--accuracy", nargs="?", const="users", choices=["users", "all"],
@@ -547,7 +673,7 @@ def main():
     args.steps = args.steps or (2 if args.quick else 40)
     args.batch = QUICK_BATCH if args.quick and dev.type == "cpu" else BATCH
     args.warmup, args.b_warmup = (1, 1) if args.quick else (2, 3)
-    cases = args.cases or ("abc" if args.quick else "abcd")
+    cases = args.cases or ("abc" if args.quick else "abcld")
     if args.quick and args.cases is None:
         print("--quick: (d) skipped, its first step compiles for 30+ s on a CPU; --cases d runs it", file=sys.stderr)
     import transformers
@@ -565,10 +691,14 @@ def main():
         print("bf16 is not native on this machine (emulated, orders of magnitude slower): its ceiling and its rows "
               "are skipped", file=sys.stderr)
     meta["ceilings"] = ceil = ceilings(dev, args.quick)
+    if dev.type == "cpu":  # the path minift's fp32 linears take on MiniLM here, and why (minift/gemm.py)
+        from minift.gemm import describe
+        meta["minift_fp32_matmul"] = describe(minift_model(None, dev))
     rows, result = [], {"meta": meta, "rows": []}
     for c in cases:
         print(f"case ({c}) ...", file=sys.stderr)
         rows += {"a": lambda: case_a(dev, args, ceil), "c": lambda: case_c(dev, args, ceil), "d": lambda: case_d(dev, args),
+                 "l": lambda: case_l(dev, args, ceil),
                  "b": lambda: case_b(dev, args, ceil, measure_rss(dev, args.quick))}[c]()
         write(Path(args.out), result | {"rows": rows}, dev, quiet=True)  # so far: a run cut short keeps its cases
     result["rows"] = rows
@@ -585,7 +715,9 @@ def write(out, result, dev, quiet=False):
     (out / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
     report = (f"{meta['device']} ({meta['cpu_class'] if dev.type == 'cpu' else 'GPU'}), {meta['threads']} threads, "
               f"torch {meta['torch']}, transformers {meta['transformers']}"
-              f"{', QUICK (not a measurement)' if meta['quick'] else ''}; ceilings {json.dumps(meta['ceilings'])}"
+              f"{', QUICK (not a measurement)' if meta['quick'] else ''}\n\nceilings (best path of each precision, "
+              f"MFU divides by it): {ceiling_line(meta['ceilings'])}"
+              f"{chr(10) * 2 + 'minift: ' + meta['minift_fp32_matmul'] if 'minift_fp32_matmul' in meta else ''}"
               f"\n\n{table(result['rows'])}\n")
     for a in result.get("accuracy", []):
         report += f"\naccuracy: {a['system']}: test accuracy {a['test_accuracy']:.4f}, {a['wall_s']:.0f} s"

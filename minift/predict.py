@@ -9,6 +9,7 @@ from minift import tasks
 from minift.config import BertConfig
 from minift.data import length_batches
 from minift.errors import MiniftError
+from minift.gemm import describe, fast_linears
 from minift.tokenizer import Tokenizer
 from minift.train_step import pick_device, pick_precision
 
@@ -21,7 +22,9 @@ def run_model(model, task, feats, pad_id: int, batch_size: int, device: torch.de
     model.eval()
     out = [None] * len(feats.ids)
     # One autocast region for all batches: it casts each weight to low precision once, not once per batch.
-    with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+    # fp32 linears on the machine's fastest path (minift/gemm.py), packed once while the weights stay the same.
+    with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None), \
+            fast_linears(model, keep=not was_training):
         for idx in length_batches([len(x) for x in feats.ids], batch_size, seed=None):
             b = {k: v.to(device) for k, v in task.batch(feats, idx, pad_id).items()}
             for i, r in zip(idx, task.outputs(model, b)):
@@ -94,9 +97,9 @@ def task_options(options: dict, task, model_dir=None) -> tasks.TaskOptions:
     return opts
 
 
-def outputs_of(model, tok, task, examples, opts, batch_size, max_length, precision, quantize=None):
+def outputs_of(model, tok, task, examples, opts, batch_size, max_length, precision, quantize=None, log=None):
     """Features of the examples (truncated as in training unless max_length is given), run: (outputs, features).
-    quantize="int8": see minift/quantize.py."""
+    quantize="int8": see minift/quantize.py. log: where to write matmul_line once the sizes are checked."""
     check_sizes(model, batch_size, max_length, examples.pairs is not None)
     dev = next(model.parameters()).device
     max_length = max_length or min(tok.model_max_length, model.config.max_tokens)
@@ -105,6 +108,8 @@ def outputs_of(model, tok, task, examples, opts, batch_size, max_length, precisi
     if quantize:
         from minift.quantize import quantize as quantize_model
         quantize_model(model, quantize, precision)
+    if log is not None:
+        print(f"minift {log[0]}: {describe(model, amp_dtype, quantize)}", file=log[1])
     return run_model(low_precision_weights(model, amp_dtype), task, feats, tok.pad_id, batch_size, dev, amp_dtype), feats
 
 
@@ -121,22 +126,24 @@ def predict(model_dir, texts: list[str], pairs: list[str] | None = None, batch_s
     return predict_examples(model, tok, task, examples, opts, batch_size, max_length, precision, quantize)
 
 
-def predict_examples(model, tok, task, examples, opts, batch_size, max_length, precision, quantize=None) -> list[dict]:
-    outputs, feats = outputs_of(model, tok, task, examples, opts, batch_size, max_length, precision, quantize)
+def predict_examples(model, tok, task, examples, opts, batch_size, max_length, precision, quantize=None,
+                     log=None) -> list[dict]:
+    outputs, feats = outputs_of(model, tok, task, examples, opts, batch_size, max_length, precision, quantize, log)
     return task.decode(outputs, feats, examples, model.config)
 
 
 def evaluate(model_dir, data, text_column="text", text_pair_column=None, label_column="label",
              batch_size: int = 64, max_length: int | None = None, device: str = "auto", precision: str = "auto",
-             allow_pickle: bool = False, quantize: str | None = None, **options) -> dict:
+             allow_pickle: bool = False, quantize: str | None = None, log=None, **options) -> dict:
     """The task's metrics of a fine-tuned model on a labelled file, plus the number of examples.
-    options: the task's other settings (TaskOptions)."""
+    options: the task's other settings (TaskOptions). log: a file for the line naming the matmul path."""
     model, tok, task = load(model_dir, device, allow_pickle)
     check_sizes(model, batch_size, max_length, text_pair_column is not None)  # before reading the data
     opts = task_options(dict(options, text_column=text_column, text_pair_column=text_pair_column,
                              label_column=label_column), task, model_dir)
     examples = task.read(data, opts)
-    outputs, feats = outputs_of(model, tok, task, examples, opts, batch_size, max_length, precision, quantize)
+    outputs, feats = outputs_of(model, tok, task, examples, opts, batch_size, max_length, precision, quantize,
+                                None if log is None else ("eval", log))
     return {**task.score(outputs, feats), "examples": len(examples.texts),
             "skipped_empty": getattr(examples, "skipped_empty", 0)}
 
@@ -176,8 +183,10 @@ def embed_texts(model, tok, texts: list[str], batch_size: int = 64, max_length: 
     dev = next(model.parameters()).device
     ids, types = tok.encode(texts, None, max_length)
     out = torch.empty(len(texts), model.config.hidden_size)
-    for idx in length_batches([len(x) for x in ids], batch_size, seed=None):
-        b = {k: v.to(dev) for k, v in Tokenizer.pad([ids[i] for i in idx], [types[i] for i in idx], tok.pad_id).items()}
-        h, _ = model(**b)  # [b, T, H]
-        out[idx] = pool(h, b["attention_mask"], pooling or Pooling()).float().cpu()
+    with fast_linears(model):  # fp32 linears on the machine's fastest path (minift/gemm.py)
+        for idx in length_batches([len(x) for x in ids], batch_size, seed=None):
+            pad = Tokenizer.pad([ids[i] for i in idx], [types[i] for i in idx], tok.pad_id)
+            b = {k: v.to(dev) for k, v in pad.items()}
+            h, _ = model(**b)  # [b, T, H]
+            out[idx] = pool(h, b["attention_mask"], pooling or Pooling()).float().cpu()
     return out

@@ -32,6 +32,7 @@ from minift.checkpoint import append_line, atomic_write, json_line, load_train_s
 from minift.config import BertConfig, bert_architecture
 from minift.data import length_batches
 from minift.errors import MiniftError
+from minift.gemm import describe
 from minift.lock import LOCK, run_lock
 from minift.model import count_params
 from minift.modes import apply_mode, merge_lora, parse_mode
@@ -306,7 +307,8 @@ def setup(cfg: RunConfig, resume: bool, allow_pickle: bool, log) -> Run:
           f"device {device}, precision {amp_dtype or 'fp32'}, compile {'on' if compile else 'off'}"
           + (f", {world} processes" if world > 1 else "")
           + (", class weights " + " ".join(f"{k}={v:.4g}" for k, v in settings["class_weight_values"].items())
-             if weights is not None else ""), file=log)
+             if weights is not None else "")
+          + (f"; dev evaluation's {describe(net, amp_dtype)}" if dev_feats is not None else ""), file=log)
     return run
 
 

@@ -116,7 +116,16 @@ def make_loss_fn(model: nn.Module, amp_dtype: torch.dtype | None, device: torch.
     def loss_fn(**batch):
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             return model(**batch)[1]
-    return torch.compile(loss_fn, dynamic=True) if compile else loss_fn
+    if compile:
+        return torch.compile(loss_fn, dynamic=True)
+    if device.type == "cpu" and amp_dtype is None:  # fp32 linears, forward and backward, on gemm.py's path
+        from minift.gemm import fast_linears
+
+        def fp32_loss_fn(**batch):
+            with fast_linears(model, keep=False):
+                return loss_fn(**batch)
+        return fp32_loss_fn
+    return loss_fn
 
 
 def loss_units(batch: dict, class_weights: torch.Tensor | None = None) -> float:

@@ -51,7 +51,7 @@ def test_without_native_bf16_it_is_skipped(monkeypatch):
     cpu = torch.device("cpu")
     assert bench.precisions(cpu) == [None]
     asked = []
-    monkeypatch.setattr(bench, "matmul_ceiling", lambda dev, dtype, budget: asked.append(dtype) or 1.0)
+    monkeypatch.setattr(bench, "matmul_ceiling", lambda dev, dtype, budget, make=None: asked.append(dtype) or 1.0)
     assert "bf16_matmul_gflops" not in bench.ceilings(cpu, quick=True)
     assert torch.float32 in asked and torch.bfloat16 not in asked
 
