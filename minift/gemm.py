@@ -44,7 +44,18 @@ def onednn_available() -> bool:
         return False
 
 
+# A resumed training run takes the path its first part took, whatever a new measurement would say: the same
+# products summed in the same order are what make it bit-identical to a run never stopped (train_loop.setup).
+PINNED = [None]
+
+
+def pin(path: str | None):
+    PINNED[0] = path
+
+
 def requested() -> str:
+    if PINNED[0]:
+        return PINNED[0]
     path = os.environ.get("MINIFT_GEMM", "auto").strip().lower() or "auto"
     if path not in PATHS + ("auto",):
         raise MiniftError(f"MINIFT_GEMM={path!r}: expected mkl, onednn or auto")

@@ -32,6 +32,7 @@ from minift.checkpoint import append_line, atomic_write, json_line, load_train_s
 from minift.config import BertConfig, bert_architecture
 from minift.data import length_batches
 from minift.errors import MiniftError
+from minift import gemm
 from minift.gemm import describe
 from minift.lock import LOCK, run_lock
 from minift.model import count_params
@@ -205,6 +206,7 @@ def train(model: str, train: str, out: str, eval: str | None = None, resume: boo
                 forget_if_nothing_kept(run.out)
             raise
         finally:
+            gemm.pin(None)
             for s, h in handlers.items():  # whatever was there before, SIG_IGN included
                 signal.signal(s, h)
             if run.world > 1:
@@ -296,7 +298,9 @@ def setup(cfg: RunConfig, resume: bool, allow_pickle: bool, log) -> Run:
 
     if resume:  # before the first line of output: a checkpoint that cannot be resumed is a plain refusal
         run.state = load_train_state(out / "checkpoint.safetensors", net, opt, sched, scaler)
-    elif rank == 0:
+    gemm.pin(run.state.get("gemm"))  # a resumed run: the matmul path its first part measured; else measure
+    run.state["gemm"] = gemm.path_for(net)[0]
+    if not resume and rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         for name in RUN_FILES:  # --overwrite: the old run goes whole, never half of it beside the new one
             (out / name).unlink(missing_ok=True)

@@ -158,3 +158,33 @@ def test_first_line_names_the_path(tiny_dir, request_):
     first = r.stderr.splitlines()[0]
     name = "oneDNN, packed weights" if request_ == "onednn" and gemm.onednn_available() else "torch's default"
     assert first.startswith("minift embed: matmuls: fp32 through ") and name in first, first
+
+
+def test_a_resumed_run_keeps_the_path_its_first_part_measured(tiny_dir, tmp_path, monkeypatch):
+    """A new measurement at --resume could pick the other path, and a resumed run would then no longer be
+    bit-identical to one never stopped: the checkpoint records the path, and the resumed run takes it."""
+    import csv
+    import json
+    import minift.train_loop
+    import minift.train_step
+    from conftest import interrupt_at
+    from minift.train_loop import train
+    from safetensors import safe_open
+    data = tmp_path / "d.csv"
+    with open(data, "w", newline="") as f:
+        csv.writer(f).writerows([("text", "label")] + [(f"good film {i}", "positive") for i in range(8)]
+                                + [(f"bad plot {i}", "negative") for i in range(8)])
+    kw = dict(precision="fp32", compile="off", device="cpu", max_length=16, batch_size=4, epochs=2)
+    monkeypatch.setattr(gemm, "measured", lambda shapes, threads: {"mkl": 2.0, "onednn": 1.0})  # onednn wins
+    interrupt_at(monkeypatch, 3)
+    train(str(tiny_dir), str(data), str(tmp_path / "run"), **kw)
+    with safe_open(tmp_path / "run" / "checkpoint.safetensors", "pt") as f:
+        assert json.loads(f.metadata()["minift"])["progress"]["gemm"] == "onednn"
+    monkeypatch.setattr(minift.train_loop, "train_step", minift.train_step.train_step)
+    monkeypatch.setattr(gemm, "measured", lambda shapes, threads: {"mkl": 1.0, "onednn": 2.0})  # now mkl would win
+    seen = []
+    real = gemm.path_for
+    monkeypatch.setattr(gemm, "path_for", lambda model: seen.append(real(model)) or seen[-1])
+    train(str(tiny_dir), str(data), str(tmp_path / "run"), resume=True, **kw)
+    assert seen and all(path == "onednn" for path, _ in seen), seen
+    assert gemm.PINNED[0] is None  # and a later run in this process measures again

