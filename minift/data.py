@@ -64,20 +64,46 @@ def read_records(path) -> tuple[str, str, object]:
     if fmt is None:
         raise MiniftError(f"{path}: unsupported file type {Path(path).suffix or '(no extension)'!r}. "
                           f"minift reads {', '.join(FORMATS)} files, chosen by extension.")
+    text = read_text(path)
+    records = (_read_jsonl(path, text.split("\n")) if fmt == "jsonl"  # not splitlines(): JSON strings may hold U+2028
+               else _read_csv(path, io.StringIO(text, newline=""), "\t" if fmt == "tsv" else ","))
+    return fmt, text, records
+
+
+def read_text(path) -> str:
+    """The whole of a UTF-8 text file, less a leading BOM (spreadsheet exports often start with one)."""
     try:
         raw = Path(path).read_bytes()
     except OSError as e:
         raise MiniftError(f"Cannot read {path}: {e.strerror}.") from None
+    return decode(path, raw).removeprefix("\ufeff")
+
+
+def lines_of(path):
+    """The file's lines (ending at \n only, as wc -l counts them), read lazily, decoded as UTF-8 with their
+    endings; a BOM is left out."""
     try:
-        text = raw.decode("utf-8").removeprefix("\ufeff")  # spreadsheet exports often start with a BOM
+        f = open(path, "rb")
+    except OSError as e:
+        raise MiniftError(f"Cannot read {path}: {e.strerror}.") from None
+    with f:
+        offset = 0
+        for n, raw in enumerate(f, 1):
+            line = decode(path, raw, offset, n)
+            yield line.removeprefix("\ufeff") if n == 1 else line
+            offset += len(raw)
+
+
+def decode(path, raw: bytes, offset: int = 0, line: int = 1) -> str:
+    """`raw` (the bytes of `path` from byte `offset`, which is on `line`) as UTF-8; where it is not, the error
+    names the byte and its line."""
+    try:
+        return raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        line = raw.count(b"\n", 0, e.start) + 1
-        raise MiniftError(f"{path}: byte {e.start} (line {line}) is {raw[e.start:e.end]!r}, which is not valid "
-                          f"UTF-8. minift reads text files as UTF-8; re-save the file as UTF-8 "
-                          f"(e.g. `iconv -f latin1 -t utf-8`).") from None
-    records = (_read_jsonl(path, text.split("\n")) if fmt == "jsonl"  # not splitlines(): JSON strings may hold U+2028
-               else _read_csv(path, io.StringIO(text, newline=""), "\t" if fmt == "tsv" else ","))
-    return fmt, text, records
+        line += raw.count(b"\n", 0, e.start)
+        raise MiniftError(f"{path}: byte {offset + e.start} (line {line}) is {raw[e.start:e.end]!r}, which is not "
+                          "valid UTF-8. minift reads text files as UTF-8; re-save the file as UTF-8 "
+                          "(e.g. `iconv -f latin1 -t utf-8`).") from None
 
 
 def _read_csv(path, lines, delimiter):

@@ -15,7 +15,7 @@ from itertools import islice
 from pathlib import Path
 
 from minift.checkpoint import append_line, json_line
-from minift.data import FORMATS, _read_csv, _read_jsonl, _text
+from minift.data import FORMATS, _read_csv, _read_jsonl, _text, lines_of
 from minift.errors import MiniftError
 
 CHUNK = 2048  # records per chunk: enough to sort into batches of similar length, little memory
@@ -47,25 +47,6 @@ def records(path, text_column="text", text_pair_column=None):
                                   "holds it, or rename that column in the file.")
         yield (_text(path, n, text_column, row[text_column]),
                _text(path, n, text_pair_column, row[text_pair_column]) if text_pair_column else None)
-
-
-def lines_of(path: Path):
-    """The file's lines (ending at \n only, as wc -l counts them), decoded as UTF-8 with their endings."""
-    try:
-        f = open(path, "rb")
-    except OSError as e:
-        raise MiniftError(f"{path}: cannot be read ({e.strerror})") from None
-    with f:
-        offset = 0
-        for n, raw in enumerate(f, 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise MiniftError(f"{path}: byte {offset + e.start} (line {n}) is {raw[e.start:e.end]!r}, which is not "
-                                  "valid UTF-8. minift reads text files as UTF-8; re-save the file as UTF-8 "
-                                  "(e.g. `iconv -f latin1 -t utf-8`).") from None
-            yield line.removeprefix("\ufeff") if n == 1 else line  # a BOM, as spreadsheet exports write
-            offset += len(raw)
 
 
 def done_lines(output: Path, recs) -> int:

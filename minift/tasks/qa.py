@@ -22,6 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from minift.config import BertConfig
+from minift.data import read_text
 from minift.errors import MiniftError
 from minift.model import Bert, PredictionHead, init_weights
 
@@ -114,15 +115,6 @@ def read(path, labelled: bool) -> Examples:
     if not ds.ids:
         raise MiniftError(f"{path}: no questions in the file")
     return ds
-
-
-def read_text(path) -> str:
-    try:
-        return Path(path).read_bytes().decode("utf-8").removeprefix("\ufeff")
-    except OSError as e:
-        raise MiniftError(f"Cannot read {path}: {e.strerror}.") from None
-    except UnicodeDecodeError as e:
-        raise MiniftError(f"{path}: byte {e.start} is not valid UTF-8; re-save the file as UTF-8") from None
 
 
 def squad_records(path, text):

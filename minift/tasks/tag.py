@@ -30,6 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from minift.config import BertConfig
+from minift.data import read_text
 from minift.errors import MiniftError
 from minift.model import Bert, Dropout, PredictionHead, init_weights
 from minift.tasks.classify import unseen_labels
@@ -131,19 +132,6 @@ def read_tagged(path, fmt: str | None = None, labelled: bool = True) -> Sentence
     if not words:
         raise MiniftError(f"{path}: no sentences (the file is empty or holds only blank lines)")
     return joined(path, words, tags if labelled else None, lines)
-
-
-def read_text(path: str) -> str:
-    try:
-        raw = Path(path).read_bytes()
-    except OSError as e:
-        raise MiniftError(f"Cannot read {path}: {e.strerror}.") from None
-    try:
-        return raw.decode("utf-8").removeprefix("\ufeff")  # a BOM is not part of the first word
-    except UnicodeDecodeError as e:
-        line = raw.count(b"\n", 0, e.start) + 1
-        raise MiniftError(f"{path}, line {line}: byte {raw[e.start:e.end]!r} is not valid UTF-8; "
-                          "re-save the file as UTF-8") from None
 
 
 # Each reader yields a sentence at a time as [(word, tag, line)]. str.split() takes tabs, spaces and a
