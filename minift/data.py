@@ -65,7 +65,7 @@ def read_records(path) -> tuple[str, str, object]:
         raise MiniftError(f"{path}: unsupported file type {Path(path).suffix or '(no extension)'!r}. "
                           f"minift reads {', '.join(FORMATS)} files, chosen by extension.")
     text = read_text(path)
-    records = (_read_jsonl(path, text.split("\n")) if fmt == "jsonl"  # not splitlines(): JSON strings may hold U+2028
+    records = (json_lines(path, text.split("\n")) if fmt == "jsonl"  # not splitlines(): JSON strings may hold U+2028
                else _read_csv(path, io.StringIO(text, newline=""), "\t" if fmt == "tsv" else ","))
     return fmt, text, records
 
@@ -129,8 +129,10 @@ def _read_csv(path, lines, delimiter):
         raise MiniftError(f"{path}, line {reader.line_num}: malformed CSV ({e}).") from None
 
 
-def _read_jsonl(path, lines, blanks=False):
-    """(line number, object) per line of `lines`; blank lines are left out, or give (line number, None)."""
+def json_lines(path, lines, like='{"text": "...", "label": "..."}', blanks=False):
+    """(line number, object) per line of `lines`, a JSON Lines file's; blank lines are left out, or give (line
+    number, None). A line that is not JSON, or not an object (shown `like` one; like=None: any JSON value), is
+    an error naming the file and line."""
     for line, s in enumerate(lines, 1):
         if not s.strip():
             if blanks:
@@ -141,9 +143,8 @@ def _read_jsonl(path, lines, blanks=False):
         except json.JSONDecodeError as e:
             raise MiniftError(f"{path}, line {line}, column {e.colno}: invalid JSON ({e.msg}). JSON Lines "
                               f"files need one complete JSON object per line.") from None
-        if not isinstance(obj, dict):
-            raise MiniftError(f"{path}, line {line}: a JSON {type(obj).__name__}, expected an object "
-                              f"like {{\"text\": \"...\", \"label\": \"...\"}}.")
+        if like is not None and not isinstance(obj, dict):
+            raise MiniftError(f"{path}, line {line}: a JSON {type(obj).__name__}, expected an object like {like}.")
         yield line, obj
 
 

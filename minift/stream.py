@@ -15,7 +15,7 @@ from itertools import islice
 from pathlib import Path
 
 from minift.checkpoint import append_line, json_line
-from minift.data import FORMATS, _read_csv, _read_jsonl, _text, lines_of
+from minift.data import FORMATS, _read_csv, _text, json_lines, lines_of
 from minift.errors import MiniftError
 
 CHUNK = 2048  # records per chunk: enough to sort into batches of similar length, little memory
@@ -33,7 +33,7 @@ def records(path, text_column="text", text_pair_column=None):
         for line in lines_of(path):
             yield line.rstrip("\n").removesuffix("\r"), None
         return
-    rows = (_read_jsonl(path, lines_of(path), blanks=True) if fmt == "jsonl"
+    rows = (json_lines(path, lines_of(path), blanks=True) if fmt == "jsonl"
             else _read_csv(path, lines_of(path), "\t" if fmt == "tsv" else ","))
     for n, row in rows:
         if row is None:  # a blank line of a .jsonl

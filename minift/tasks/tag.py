@@ -18,7 +18,6 @@ Metrics: word accuracy and loss; when the tags follow a chunk scheme (IOB2 or BI
 B-/I-/E-/S-TYPE), entity precision, recall and F1 (exact span and type) as seqeval's default mode
 scores them.
 """
-import json
 import math
 import re
 from collections import Counter
@@ -30,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from minift.config import BertConfig
-from minift.data import read_text
+from minift.data import json_lines, read_text
 from minift.errors import MiniftError
 from minift.model import Bert, Dropout, PredictionHead, init_weights
 from minift.tasks.classify import unseen_labels
@@ -159,13 +158,7 @@ def read_conll(path, text, labelled):
 
 
 def read_jsonl(path, text, labelled):
-    for n, line in enumerate(text.split("\n"), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise MiniftError(f"{path}, line {n}, column {e.colno}: invalid JSON ({e.msg})") from None
+    for n, obj in json_lines(path, text.split("\n"), like=None):  # not an object: told below what one holds
         obj = obj if isinstance(obj, dict) else {}
         words, tags = obj.get("tokens"), obj.get("tags")
         for name in ("tokens", "tags") if labelled else ("tokens",):
