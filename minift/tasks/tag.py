@@ -29,13 +29,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from minift.config import BertConfig
-from minift.data import json_lines, read_text
+from minift.data import FORMATS as DATA_FORMATS, json_lines, read_text
 from minift.errors import MiniftError
 from minift.model import Bert, Dropout, PredictionHead, init_weights
 from minift.tasks.classify import unseen_labels
 
-FORMATS = {".conll": "conll", ".iob": "conll", ".bio": "conll", ".jsonl": "jsonl", ".ndjson": "jsonl",
-           ".txt": "wordtag"}
+# minift.data.FORMATS names the JSON Lines extensions for every task; tagging adds its own formats around them
+FORMATS = {".conll": "conll", ".iob": "conll", ".bio": "conll",
+           **{ext: fmt for ext, fmt in DATA_FORMATS.items() if fmt == "jsonl"}, ".txt": "wordtag"}
 IGNORE = -100  # the label the loss skips, as in PyTorch's cross_entropy and Hugging Face
 
 
