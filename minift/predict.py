@@ -56,8 +56,8 @@ def load(model_dir, device="auto", allow_pickle=False):
     """A fine-tuned model directory -> (model on device, tokenizer, task)."""
     if not Path(model_dir).is_dir():
         raise MiniftError(f"{model_dir}: no such model directory")
-    config = BertConfig.from_json(Path(model_dir) / "config.json")  # a clear error for an invalid config first
-    task = tasks.of_saved(json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8")), model_dir)
+    config, saved = BertConfig.read(Path(model_dir) / "config.json")  # a clear error for an invalid config first
+    task = tasks.of_saved(saved, model_dir)
     tokenizer = Tokenizer.from_dir(model_dir)
     config.check_tokenizer(tokenizer, model_dir)
     if task.name == "qa" and run_record(model_dir) is None:

@@ -326,10 +326,10 @@ def load_model(task, cfg: RunConfig, id2label, allow_pickle: bool):
     these labels; its tokenizer; a note when a head was replaced. Sets cfg.max_length's default."""
     if not Path(cfg.model).is_dir():
         raise MiniftError(f"{cfg.model}: no such model directory")
-    before = BertConfig.from_json(Path(cfg.model) / "config.json")
+    before, saved = BertConfig.read(Path(cfg.model) / "config.json")
     tok = Tokenizer.from_dir(cfg.model)
     before.check_tokenizer(tok, cfg.model)
-    arch = bert_architecture(json.loads((Path(cfg.model) / "config.json").read_text()))
+    arch = bert_architecture(saved)
     new_head = (arch != task.model.ARCHITECTURE or (id2label is not None and before.id2label not in (None, id2label))
                 or before.problem_type not in (None, task.problem_type))
     net = task.model.from_pretrained(cfg.model, allow_pickle=allow_pickle, id2label=id2label,
