@@ -7,7 +7,6 @@ corpus. Empty records (NaN rows of the index) are never found. A cross-encoder (
 query's top_k.
 """
 from itertools import islice
-from pathlib import Path
 
 import numpy as np
 
