@@ -35,10 +35,7 @@ def read_dataset(path, text_column="text", text_pair_column=None, label_column="
     for line, record in records:
         missing = [c for c in columns if c not in record]
         if missing:
-            where = "the header" if fmt != "jsonl" else f"the object on line {line}"
-            raise MiniftError(f"{path}: no column {missing[0]!r} in {where}; the columns there are "
-                              f"{', '.join(map(repr, record)) or '(none)'}. Give the name of the column "
-                              f"that holds it, or rename that column in the file.")
+            raise no_column(path, fmt, line, missing[0], record)
         texts = [_text(path, line, c, record[c]) for c in text_columns]
         if not all(texts):
             ds.skipped_empty += 1
@@ -146,6 +143,13 @@ def json_lines(path, lines, like='{"text": "...", "label": "..."}', blanks=False
         if like is not None and not isinstance(obj, dict):
             raise MiniftError(f"{path}, line {line}: a JSON {type(obj).__name__}, expected an object like {like}.")
         yield line, obj
+
+
+def no_column(path, fmt, line, column, record) -> MiniftError:
+    where = "the header" if fmt != "jsonl" else f"the object on line {line}"
+    return MiniftError(f"{path}: no column {column!r} in {where}; the columns there are "
+                       f"{', '.join(map(repr, record)) or '(none)'}. Give the name of the column "
+                       f"that holds it, or rename that column in the file.")
 
 
 def _text(path, line, column, value):

@@ -15,7 +15,7 @@ from itertools import islice
 from pathlib import Path
 
 from minift.checkpoint import append_line, json_line
-from minift.data import FORMATS, _read_csv, _text, json_lines, lines_of
+from minift.data import FORMATS, _read_csv, _text, json_lines, lines_of, no_column
 from minift.errors import MiniftError
 
 CHUNK = 2048  # records per chunk: enough to sort into batches of similar length, little memory
@@ -41,10 +41,7 @@ def records(path, text_column="text", text_pair_column=None):
             continue
         for c in (text_column, text_pair_column):
             if c and c not in row:
-                where = "the header" if fmt != "jsonl" else f"the object on line {n}"
-                raise MiniftError(f"{path}: no column {c!r} in {where}; the columns there are "
-                                  f"{', '.join(map(repr, row)) or '(none)'}. Give the name of the column that "
-                                  "holds it, or rename that column in the file.")
+                raise no_column(path, fmt, n, c, row)
         yield (_text(path, n, text_column, row[text_column]),
                _text(path, n, text_pair_column, row[text_pair_column]) if text_pair_column else None)
 
