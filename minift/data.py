@@ -76,6 +76,14 @@ def read_text(path) -> str:
     return decode(path, raw).removeprefix("\ufeff")
 
 
+def read_json(path):
+    """The JSON value of a UTF-8 file (a model's settings, say); where it is not JSON, the error names the line."""
+    try:
+        return json.loads(read_text(path))
+    except json.JSONDecodeError as e:
+        raise MiniftError(f"{path}, line {e.lineno}, column {e.colno}: invalid JSON ({e.msg})") from None
+
+
 def lines_of(path):
     """The file's lines (ending at \n only, as wc -l counts them), read lazily, decoded as UTF-8 with their
     endings; a BOM is left out."""
