@@ -35,7 +35,7 @@ from minift.errors import MiniftError
 from minift.lock import LOCK, run_lock
 from minift.model import count_params
 from minift.modes import apply_mode, merge_lora, parse_mode
-from minift.predict import run_model
+from minift.predict import check_max_length, run_model
 from minift.tasks.qa import DOC_STRIDE
 from minift.tokenizer import Tokenizer
 from minift.train_step import (SCHEDULES, accumulation_shares, loss_units, make_loss_fn, make_optimizer,
@@ -106,10 +106,8 @@ class RunConfig(tasks.TaskOptions):
             positive(name)
         for name in ("lr", "max_grad_norm", "lora_alpha", "layer_decay"):  # lr None: set below
             positive(name, integer=False)
-        least = 3 if self.text_pair_column else 2  # [CLS] and [SEP], and a second [SEP] for a pair
-        if self.max_length is not None and self.max_length < least:
-            raise MiniftError(f"--max-length {self.max_length}: expected at least {least} tokens "
-                              "([CLS] and [SEP] included)")
+        if self.max_length is not None:
+            check_max_length(self.max_length, bool(self.text_pair_column))
         if not 0 <= self.warmup < 1:
             raise MiniftError(f"--warmup {self.warmup}: expected the warmup fraction of all steps, in [0, 1)")
         if self.schedule not in SCHEDULES:
@@ -340,9 +338,7 @@ def load_model(task, cfg: RunConfig, id2label, allow_pickle: bool):
         note = (f"{cfg.model}: a bare encoder (architecture BertModel) without the pretrained head of "
                 f"{task.model.ARCHITECTURE}; starting a new one for {cfg.task}")
     cfg.max_length = cfg.max_length or min(task.default_max_length, net.config.max_tokens)
-    if cfg.max_length > net.config.max_tokens:
-        raise MiniftError(f"--max-length {cfg.max_length}: the model has only "
-                          f"{net.config.max_tokens} positions (from max_position_embeddings)")
+    check_max_length(cfg.max_length, bool(cfg.text_pair_column), net.config.max_tokens)
     tok.model_max_length = cfg.max_length  # so that predict truncates as training did
     return net, tok, note
 
