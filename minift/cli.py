@@ -239,10 +239,8 @@ def command_line_texts(args) -> tuple[list[str], list[str] | None]:
 
 
 def read_txt(path: Path) -> list[str]:
-    try:
-        return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    except (OSError, UnicodeDecodeError) as e:
-        raise MiniftError(f"{path}: cannot be read as UTF-8 text ({e})") from None
+    from minift.data import read_text
+    return [line for line in read_text(path).splitlines() if line.strip()]
 
 
 def records_of(args, text_column="text", text_pair_column=None):

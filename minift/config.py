@@ -117,6 +117,12 @@ class BertConfig:
 
     @classmethod
     def from_json(cls, path) -> "BertConfig":
+        return cls.read(path)[0]
+
+    @classmethod
+    def read(cls, path) -> tuple["BertConfig", dict]:
+        """(the checked settings, config.json's object as read) of a model directory or its config.json: one
+        reading serves a caller that also needs a key BertConfig does not keep (the architectures)."""
         path = Path(path)
         if path.is_dir():
             path = path / "config.json"
@@ -131,7 +137,7 @@ class BertConfig:
         if not isinstance(d, dict):
             raise MiniftError(f"{path}: expected a JSON object of BERT settings")
         try:
-            return cls.from_dict(d)
+            return cls.from_dict(d), d
         except MiniftError as e:
             raise MiniftError(f"{path}: {str(e).removeprefix('config: ')}") from None
 

@@ -35,10 +35,7 @@ def read_dataset(path, text_column="text", text_pair_column=None, label_column="
     for line, record in records:
         missing = [c for c in columns if c not in record]
         if missing:
-            where = "the header" if fmt != "jsonl" else f"the object on line {line}"
-            raise MiniftError(f"{path}: no column {missing[0]!r} in {where}; the columns there are "
-                              f"{', '.join(map(repr, record)) or '(none)'}. Give the name of the column "
-                              f"that holds it, or rename that column in the file.")
+            raise no_column(path, fmt, line, missing[0], record)
         texts = [_text(path, line, c, record[c]) for c in text_columns]
         if not all(texts):
             ds.skipped_empty += 1
@@ -64,20 +61,54 @@ def read_records(path) -> tuple[str, str, object]:
     if fmt is None:
         raise MiniftError(f"{path}: unsupported file type {Path(path).suffix or '(no extension)'!r}. "
                           f"minift reads {', '.join(FORMATS)} files, chosen by extension.")
+    text = read_text(path)
+    records = (json_lines(path, text.split("\n")) if fmt == "jsonl"  # not splitlines(): JSON strings may hold U+2028
+               else _read_csv(path, io.StringIO(text, newline=""), "\t" if fmt == "tsv" else ","))
+    return fmt, text, records
+
+
+def read_text(path) -> str:
+    """The whole of a UTF-8 text file, less a leading BOM (spreadsheet exports often start with one)."""
     try:
         raw = Path(path).read_bytes()
     except OSError as e:
         raise MiniftError(f"Cannot read {path}: {e.strerror}.") from None
+    return decode(path, raw).removeprefix("\ufeff")
+
+
+def read_json(path):
+    """The JSON value of a UTF-8 file (a model's settings, say); where it is not JSON, the error names the line."""
     try:
-        text = raw.decode("utf-8").removeprefix("\ufeff")  # spreadsheet exports often start with a BOM
+        return json.loads(read_text(path))
+    except json.JSONDecodeError as e:
+        raise MiniftError(f"{path}, line {e.lineno}, column {e.colno}: invalid JSON ({e.msg})") from None
+
+
+def lines_of(path):
+    """The file's lines (ending at \n only, as wc -l counts them), read lazily, decoded as UTF-8 with their
+    endings; a BOM is left out."""
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise MiniftError(f"Cannot read {path}: {e.strerror}.") from None
+    with f:
+        offset = 0
+        for n, raw in enumerate(f, 1):
+            line = decode(path, raw, offset, n)
+            yield line.removeprefix("\ufeff") if n == 1 else line
+            offset += len(raw)
+
+
+def decode(path, raw: bytes, offset: int = 0, line: int = 1) -> str:
+    """`raw` (the bytes of `path` from byte `offset`, which is on `line`) as UTF-8; where it is not, the error
+    names the byte and its line."""
+    try:
+        return raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        line = raw.count(b"\n", 0, e.start) + 1
-        raise MiniftError(f"{path}: byte {e.start} (line {line}) is {raw[e.start:e.end]!r}, which is not valid "
-                          f"UTF-8. minift reads text files as UTF-8; re-save the file as UTF-8 "
-                          f"(e.g. `iconv -f latin1 -t utf-8`).") from None
-    records = (_read_jsonl(path, text.split("\n")) if fmt == "jsonl"  # not splitlines(): JSON strings may hold U+2028
-               else _read_csv(path, io.StringIO(text, newline=""), "\t" if fmt == "tsv" else ","))
-    return fmt, text, records
+        line += raw.count(b"\n", 0, e.start)
+        raise MiniftError(f"{path}: byte {offset + e.start} (line {line}) is {raw[e.start:e.end]!r}, which is not "
+                          "valid UTF-8. minift reads text files as UTF-8; re-save the file as UTF-8 "
+                          "(e.g. `iconv -f latin1 -t utf-8`).") from None
 
 
 def _read_csv(path, lines, delimiter):
@@ -103,8 +134,10 @@ def _read_csv(path, lines, delimiter):
         raise MiniftError(f"{path}, line {reader.line_num}: malformed CSV ({e}).") from None
 
 
-def _read_jsonl(path, lines, blanks=False):
-    """(line number, object) per line of `lines`; blank lines are left out, or give (line number, None)."""
+def json_lines(path, lines, like='{"text": "...", "label": "..."}', blanks=False):
+    """(line number, object) per line of `lines`, a JSON Lines file's; blank lines are left out, or give (line
+    number, None). A line that is not JSON, or not an object (shown `like` one; like=None: any JSON value), is
+    an error naming the file and line."""
     for line, s in enumerate(lines, 1):
         if not s.strip():
             if blanks:
@@ -115,10 +148,16 @@ def _read_jsonl(path, lines, blanks=False):
         except json.JSONDecodeError as e:
             raise MiniftError(f"{path}, line {line}, column {e.colno}: invalid JSON ({e.msg}). JSON Lines "
                               f"files need one complete JSON object per line.") from None
-        if not isinstance(obj, dict):
-            raise MiniftError(f"{path}, line {line}: a JSON {type(obj).__name__}, expected an object "
-                              f"like {{\"text\": \"...\", \"label\": \"...\"}}.")
+        if like is not None and not isinstance(obj, dict):
+            raise MiniftError(f"{path}, line {line}: a JSON {type(obj).__name__}, expected an object like {like}.")
         yield line, obj
+
+
+def no_column(path, fmt, line, column, record) -> MiniftError:
+    where = "the header" if fmt != "jsonl" else f"the object on line {line}"
+    return MiniftError(f"{path}: no column {column!r} in {where}; the columns there are "
+                       f"{', '.join(map(repr, record)) or '(none)'}. Give the name of the column "
+                       f"that holds it, or rename that column in the file.")
 
 
 def _text(path, line, column, value):

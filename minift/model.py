@@ -14,6 +14,7 @@ switch of the family (cfg.family.rotary, ...: minift/families.py):
   ModernBERT                 pre-LayerNorm without biases, rotary positions, GeGLU, sliding-window
                              attention on some layers, a final LayerNorm (Layer, Bert.encode)
 """
+import functools
 import platform
 
 import torch
@@ -55,12 +56,19 @@ class Dropout(nn.Dropout):
 SDPA_CPU_INFERENCE = {"AMX": (torch.float32, torch.bfloat16)}
 
 
-def cpu_class() -> str:
-    """AMX, AVX-512+bf16, AVX-512 or AVX2-only (or the machine's name), from /proc/cpuinfo."""
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (avx2, avx512f, amx_int8, ...) from /proc/cpuinfo, read once; none where there
+    is no /proc/cpuinfo."""
     try:
-        flags = set(next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split())
+        return frozenset(next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split())
     except (OSError, StopIteration):
-        return platform.machine()
+        return frozenset()
+
+
+def cpu_class() -> str:
+    """AMX, AVX-512+bf16, AVX-512 or AVX2-only (or the machine's name), from the CPU's flags."""
+    flags = cpu_flags()
     return next((name for flag, name in (("amx_bf16", "AMX"), ("avx512_bf16", "AVX-512+bf16"), ("avx512f", "AVX-512"),
                                          ("avx2", "AVX2-only")) if flag in flags), platform.machine())
 

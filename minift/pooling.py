@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from minift.data import read_json
 from minift.errors import MiniftError
 
 MODES = ("mean", "cls", "max")
@@ -36,7 +37,7 @@ def read_pooling(model_dir, mode: str | None = None) -> Pooling:
     d = Path(model_dir)
     if not (d / "modules.json").is_file():
         return Pooling(mode or "mean")
-    modules = _json(d / "modules.json")
+    modules = read_json(d / "modules.json")
     if not isinstance(modules, list) or not all(isinstance(m, dict) and "type" in m for m in modules):
         raise MiniftError(f"{d / 'modules.json'}: expected a list of modules, each with a type")
     kinds = [m["type"].rsplit(".", 1)[-1] for m in modules]
@@ -45,8 +46,8 @@ def read_pooling(model_dir, mode: str | None = None) -> Pooling:
         raise MiniftError(f"{d / 'modules.json'}: modules {', '.join(kinds)}; minift computes a Transformer, then a "
                           f"Pooling, then optionally a Normalize" + (f" (not {', '.join(unknown)})" if unknown else ""))
     cfg_file = d / modules[kinds.index("Pooling")].get("path", "") / "config.json"
-    found = _mode(cfg_file, _json(cfg_file))
-    max_length = _json(d / "sentence_bert_config.json").get("max_seq_length") \
+    found = _mode(cfg_file, read_json(cfg_file))
+    max_length = read_json(d / "sentence_bert_config.json").get("max_seq_length") \
         if (d / "sentence_bert_config.json").is_file() else None
     return Pooling(mode or found, "Normalize" in kinds, max_length)
 
@@ -59,13 +60,6 @@ def _mode(path, cfg: dict) -> str:
         raise MiniftError(f"{path}: pooling mode {'+'.join(map(str, modes))}; minift supports one of "
                           f"{', '.join(MODES)}")
     return modes[0]
-
-
-def _json(path: Path):
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise MiniftError(f"{path}: cannot be read as JSON ({e})") from None
 
 
 def pool(h, mask, pooling: Pooling):

@@ -47,10 +47,17 @@ def check_sizes(model, batch_size: int, max_length: int | None, pairs: bool = Fa
     """Refuse sizes the model cannot run before any work, instead of failing deep in a forward pass."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
         raise MiniftError(f"--batch-size {batch_size}: expected a positive whole number")
-    if max_length is None:
-        return
-    least, most = (3 if pairs else 2), model.config.max_tokens
-    if not least <= max_length <= most:
+    if max_length is not None:
+        check_max_length(max_length, pairs, model.config.max_tokens)
+
+
+def check_max_length(max_length: int, pairs: bool, most: int | None = None):
+    """--max-length against [CLS] and [SEP] (and a pair's second [SEP]) and, once the model is known, its
+    `most` positions."""
+    least = 3 if pairs else 2
+    if most is None and max_length < least:
+        raise MiniftError(f"--max-length {max_length}: expected at least {least} tokens ([CLS] and [SEP] included)")
+    if most is not None and not least <= max_length <= most:
         raise MiniftError(f"--max-length {max_length}: expected {least} to {most} tokens ([CLS] and [SEP] "
                           f"included; the model has {most} positions, from max_position_embeddings)")
 
@@ -59,8 +66,8 @@ def load(model_dir, device="auto", allow_pickle=False):
     """A fine-tuned model directory -> (model on device, tokenizer, task)."""
     if not Path(model_dir).is_dir():
         raise MiniftError(f"{model_dir}: no such model directory")
-    config = BertConfig.from_json(Path(model_dir) / "config.json")  # a clear error for an invalid config first
-    task = tasks.of_saved(json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8")), model_dir)
+    config, saved = BertConfig.read(Path(model_dir) / "config.json")  # a clear error for an invalid config first
+    task = tasks.of_saved(saved, model_dir)
     tokenizer = Tokenizer.from_dir(model_dir)
     config.check_tokenizer(tokenizer, model_dir)
     if task.name == "qa" and run_record(model_dir) is None:

@@ -14,15 +14,9 @@ import torch
 import torch.nn as nn
 
 from minift.errors import MiniftError
+from minift.model import cpu_flags
 
 SCHEMES = ("int8",)
-
-
-def cpu_flags() -> set[str]:
-    try:
-        return set(next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split())
-    except (OSError, StopIteration):
-        return set()
 
 
 def engine() -> tuple[str, bool]:

@@ -15,7 +15,7 @@ from itertools import islice
 from pathlib import Path
 
 from minift.checkpoint import append_line, json_line
-from minift.data import FORMATS, _read_csv, _read_jsonl, _text
+from minift.data import FORMATS, _read_csv, _text, json_lines, lines_of, no_column
 from minift.errors import MiniftError
 
 CHUNK = 2048  # records per chunk: enough to sort into batches of similar length, little memory
@@ -33,7 +33,7 @@ def records(path, text_column="text", text_pair_column=None):
         for line in lines_of(path):
             yield line.rstrip("\n").removesuffix("\r"), None
         return
-    rows = (_read_jsonl(path, lines_of(path), blanks=True) if fmt == "jsonl"
+    rows = (json_lines(path, lines_of(path), blanks=True) if fmt == "jsonl"
             else _read_csv(path, lines_of(path), "\t" if fmt == "tsv" else ","))
     for n, row in rows:
         if row is None:  # a blank line of a .jsonl
@@ -41,31 +41,9 @@ def records(path, text_column="text", text_pair_column=None):
             continue
         for c in (text_column, text_pair_column):
             if c and c not in row:
-                where = "the header" if fmt != "jsonl" else f"the object on line {n}"
-                raise MiniftError(f"{path}: no column {c!r} in {where}; the columns there are "
-                                  f"{', '.join(map(repr, row)) or '(none)'}. Give the name of the column that "
-                                  "holds it, or rename that column in the file.")
+                raise no_column(path, fmt, n, c, row)
         yield (_text(path, n, text_column, row[text_column]),
                _text(path, n, text_pair_column, row[text_pair_column]) if text_pair_column else None)
-
-
-def lines_of(path: Path):
-    """The file's lines (ending at \n only, as wc -l counts them), decoded as UTF-8 with their endings."""
-    try:
-        f = open(path, "rb")
-    except OSError as e:
-        raise MiniftError(f"{path}: cannot be read ({e.strerror})") from None
-    with f:
-        offset = 0
-        for n, raw in enumerate(f, 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise MiniftError(f"{path}: byte {offset + e.start} (line {n}) is {raw[e.start:e.end]!r}, which is not "
-                                  "valid UTF-8. minift reads text files as UTF-8; re-save the file as UTF-8 "
-                                  "(e.g. `iconv -f latin1 -t utf-8`).") from None
-            yield line.removeprefix("\ufeff") if n == 1 else line  # a BOM, as spreadsheet exports write
-            offset += len(raw)
 
 
 def done_lines(output: Path, recs) -> int:

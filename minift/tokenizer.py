@@ -19,6 +19,7 @@ import torch
 from tokenizers import decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import BPE, WordPiece
 
+from minift.data import read_json
 from minift.errors import MiniftError
 
 # A run warns (once) when at least this share of the texts of one batch of work are mostly unknown tokens.
@@ -27,13 +28,6 @@ SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # BERT's; WordP
 # The roles of special tokens -> their defaults in BERT's and in RoBERTa's (and every SentencePiece family's) vocabularies
 BERT_SPECIALS = dict(zip(("pad", "unk", "cls", "sep", "mask"), SPECIAL_TOKENS))
 ROBERTA_SPECIALS = {"pad": "<pad>", "unk": "<unk>", "cls": "<s>", "sep": "</s>", "mask": "<mask>"}
-
-
-def _read_json(path):
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise MiniftError(f"{path}: expected a readable JSON file ({e})") from None
 
 
 # tokenizer_config.json's settings that minift reads -> (the types they may have, what to say otherwise)
@@ -45,7 +39,7 @@ CONFIG_TYPES = {"do_lower_case": ((bool,), "true or false"), "tokenize_chinese_c
 
 def _read_config(path) -> dict:
     """tokenizer_config.json, each setting minift reads checked for its type."""
-    config = _read_json(path)
+    config = read_json(path)
     if not isinstance(config, dict):
         raise MiniftError(f"{path}: expected a JSON object of tokenizer settings")
     for key, (types, expected) in CONFIG_TYPES.items():

@@ -37,7 +37,7 @@ from minift.gemm import describe
 from minift.lock import LOCK, run_lock
 from minift.model import count_params
 from minift.modes import apply_mode, merge_lora, parse_mode
-from minift.predict import run_model
+from minift.predict import check_max_length, run_model
 from minift.tasks.qa import DOC_STRIDE
 from minift.tokenizer import Tokenizer
 from minift.train_step import (SCHEDULES, accumulation_shares, loss_units, make_loss_fn, make_optimizer,
@@ -108,10 +108,8 @@ class RunConfig(tasks.TaskOptions):
             positive(name)
         for name in ("lr", "max_grad_norm", "lora_alpha", "layer_decay"):  # lr None: set below
             positive(name, integer=False)
-        least = 3 if self.text_pair_column else 2  # [CLS] and [SEP], and a second [SEP] for a pair
-        if self.max_length is not None and self.max_length < least:
-            raise MiniftError(f"--max-length {self.max_length}: expected at least {least} tokens "
-                              "([CLS] and [SEP] included)")
+        if self.max_length is not None:
+            check_max_length(self.max_length, bool(self.text_pair_column))
         if not 0 <= self.warmup < 1:
             raise MiniftError(f"--warmup {self.warmup}: expected the warmup fraction of all steps, in [0, 1)")
         if self.schedule not in SCHEDULES:
@@ -332,10 +330,10 @@ def load_model(task, cfg: RunConfig, id2label, allow_pickle: bool):
     these labels; its tokenizer; a note when a head was replaced. Sets cfg.max_length's default."""
     if not Path(cfg.model).is_dir():
         raise MiniftError(f"{cfg.model}: no such model directory")
-    before = BertConfig.from_json(Path(cfg.model) / "config.json")
+    before, saved = BertConfig.read(Path(cfg.model) / "config.json")
     tok = Tokenizer.from_dir(cfg.model)
     before.check_tokenizer(tok, cfg.model)
-    arch = bert_architecture(json.loads((Path(cfg.model) / "config.json").read_text()))
+    arch = bert_architecture(saved)
     new_head = (arch != task.model.ARCHITECTURE or (id2label is not None and before.id2label not in (None, id2label))
                 or before.problem_type not in (None, task.problem_type))
     net = task.model.from_pretrained(cfg.model, allow_pickle=allow_pickle, id2label=id2label,
@@ -346,9 +344,7 @@ def load_model(task, cfg: RunConfig, id2label, allow_pickle: bool):
         note = (f"{cfg.model}: a bare encoder (architecture BertModel) without the pretrained head of "
                 f"{task.model.ARCHITECTURE}; starting a new one for {cfg.task}")
     cfg.max_length = cfg.max_length or min(task.default_max_length, net.config.max_tokens)
-    if cfg.max_length > net.config.max_tokens:
-        raise MiniftError(f"--max-length {cfg.max_length}: the model has only "
-                          f"{net.config.max_tokens} positions (from max_position_embeddings)")
+    check_max_length(cfg.max_length, bool(cfg.text_pair_column), net.config.max_tokens)
     tok.model_max_length = cfg.max_length  # so that predict truncates as training did
     return net, tok, note
 

@@ -168,7 +168,7 @@ ERRORS = [
     (["predict", "--model", "{missing}", "good"], "no such model directory"),
     (["embed", "--model", "{missing}", "good"], "no such model directory"),
     (["eval", "--model", "{missing}", "--data", "{dev}"], "no such model directory"),
-    (["predict", "--model", "{model}", "--input", "{tmp}/absent.txt"], "absent.txt: cannot be read"),
+    (["predict", "--model", "{model}", "--input", "{tmp}/absent.txt"], "absent.txt: No such file or directory"),
     (["eval", "--model", "{model}", "--data", "{tmp}/absent.csv"], "Cannot read"),
     (["predict", "--model", "{model}", "--input", "{tmp}/texts.xml"], "unsupported file type '.xml'"),
     (["eval", "--model", "{model}", "--data", "{tmp}/dev.xlsx"], "unsupported file type '.xlsx'"),

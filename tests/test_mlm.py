@@ -359,7 +359,7 @@ def test_cli_switches_and_fresh_head_note(minilm_dir, tiny_dir, texts, tmp_path,
 
 
 @pytest.mark.parametrize("content, match", [
-    (b"good film\n\xe9t\xe9 movie\n", r"bad\.txt, line 2: .*not valid UTF-8"),
+    (b"good film\n\xe9t\xe9 movie\n", r"bad\.txt: byte 10 \(line 2\) .*not valid UTF-8"),
     (b"\n  \n", r"bad\.txt: no texts"),
 ])
 def test_bad_text_files(tiny_dir, tmp_path, content, match):

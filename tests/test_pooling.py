@@ -119,7 +119,7 @@ def test_pooling_option_without_files_and_over_them(tmp_path):
     ({"modules.json": json.dumps(MINILM_ST["modules.json"]), "1_Pooling/config.json": '{"pooling_mode": "lasttoken"}'},
      "1_Pooling/config.json: pooling mode lasttoken"),
     ({"modules.json": json.dumps(MINILM_ST["modules.json"]), "1_Pooling/config.json": "{"},
-     "1_Pooling/config.json: cannot be read as JSON")])
+     "1_Pooling/config.json, line 1, column 2: invalid JSON")])
 def test_bad_pooling_files_are_clear_errors(tmp_path, files, message):
     for name, text in files.items():
         (tmp_path / name).parent.mkdir(exist_ok=True)

@@ -358,7 +358,7 @@ BAD_OPTIONS = [
     (["train", "--epochs", "0"], "--epochs 0: expected a positive whole number"),
     (["train", "--epochs", "-2"], "--epochs -2: expected a positive whole number"),
     (["train", "--max-steps", "0"], "--max-steps 0: expected a positive whole number"),
-    (["train", "--max-length", "100"], "--max-length 100: the model has only 64 positions"),
+    (["train", "--max-length", "100"], "--max-length 100: expected 2 to 64 tokens ([CLS] and [SEP] included; the model has 64 positions"),
     (["train", "--max-length", "1"], "--max-length 1: expected at least 2 tokens"),
     (["train", "--max-length", "2", "--text-pair-column", "text"], "--max-length 2: expected at least 3 tokens"),
     (["predict", "--batch-size", "0"], "--batch-size 0: expected a positive whole number"),

@@ -297,7 +297,7 @@ BAD_FILES = [  # (file name, content, what the error says)
     ("no_slash.txt", "The/DT cat/NN\nsat/VBD on the/DT mat/NN\n", r"no_slash.txt, line 2: 'on' is not word/TAG"),
     ("empty.conll", "", r"empty.conll: no sentences"),
     ("blank.jsonl", "\n\r\n  \n", r"blank.jsonl: no sentences"),
-    ("latin1.conll", b"caf\xe9 O\n", r"latin1.conll, line 1: byte b'\\xe9' is not valid UTF-8"),
+    ("latin1.conll", b"caf\xe9 O\n", r"latin1.conll: byte 3 \(line 1\) is b'\\xe9', which is not valid UTF-8"),
     ("table.csv", "text,label\n", r"table.csv: unsupported file type '.csv' for tagging"),
 ]
 

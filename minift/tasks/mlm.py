@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from minift.config import BertConfig
-from minift.data import FORMATS, read_dataset
+from minift.data import FORMATS, read_dataset, read_text
 from minift.errors import MiniftError
 from minift.families import FAMILIES, activation
 from minift.model import ACT, Bert, init_weights
@@ -238,16 +238,7 @@ class MaskedLM(Task[Texts, Features, MaskedRow]):
 
 def read_lines(path) -> tuple[list[str], list[int]]:
     """The non-blank lines of a UTF-8 text file and their line numbers."""
-    try:
-        raw = Path(path).read_bytes()
-    except OSError as e:
-        raise MiniftError(f"Cannot read {path}: {e.strerror}.") from None
-    try:
-        text = raw.decode("utf-8").removeprefix("\ufeff")
-    except UnicodeDecodeError as e:
-        line = raw.count(b"\n", 0, e.start) + 1
-        raise MiniftError(f"{path}, line {line}: {raw[e.start:e.end]!r} is not valid UTF-8; minift reads text "
-                          "files as UTF-8: re-save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`).") from None
+    text = read_text(path)
     found = [(s.strip(), n) for n, s in enumerate(text.split("\n"), 1) if s.strip()]
     if not found:
         raise MiniftError(f"{path}: no texts (the file is empty or blank). Expected one text per line.")

@@ -22,6 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from minift.config import BertConfig
+from minift.data import json_lines, read_text
 from minift.errors import MiniftError
 from minift.model import Bert, PredictionHead, init_weights
 from minift.tasks.task import Task
@@ -117,15 +118,6 @@ def read(path, labelled: bool) -> Examples:
     return ds
 
 
-def read_text(path) -> str:
-    try:
-        return Path(path).read_bytes().decode("utf-8").removeprefix("\ufeff")
-    except OSError as e:
-        raise MiniftError(f"Cannot read {path}: {e.strerror}.") from None
-    except UnicodeDecodeError as e:
-        raise MiniftError(f"{path}: byte {e.start} is not valid UTF-8; re-save the file as UTF-8") from None
-
-
 def squad_records(path, text):
     """(where, {id, question, context, answers: [{text, answer_start}]}) per question of a SQuAD JSON file"""
     try:
@@ -149,16 +141,9 @@ def squad_records(path, text):
 
 def jsonl_records(path, text):
     """(where, record) per line: {"id", "question", "context", "answers": {"text": [...], "answer_start": [...]}}."""
-    for n, line in enumerate(text.split("\n"), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise MiniftError(f"{path}, line {n}, column {e.colno}: invalid JSON ({e.msg})") from None
+    like = '{"id": "...", "question": "...", "context": "...", "answers": {"text": [...], "answer_start": [...]}}'
+    for n, rec in json_lines(path, text.split("\n"), like):
         where = where_of(rec, f"line {n}")
-        if not isinstance(rec, dict):
-            raise MiniftError(f"{path}, {where}: expected an object, got {type(rec).__name__}")
         if where != f"line {n}":
             where = f"line {n}, {where}"
         answers = rec.get("answers")

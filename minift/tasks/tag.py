@@ -18,7 +18,6 @@ Metrics: word accuracy and loss; when the tags follow a chunk scheme (IOB2 or BI
 B-/I-/E-/S-TYPE), entity precision, recall and F1 (exact span and type) as seqeval's default mode
 scores them.
 """
-import json
 import math
 import re
 from collections import Counter
@@ -30,13 +29,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from minift.config import BertConfig
+from minift.data import FORMATS as DATA_FORMATS, json_lines, read_text
 from minift.errors import MiniftError
 from minift.model import Bert, Dropout, PredictionHead, init_weights
 from minift.tasks.classify import unseen_labels
 from minift.tasks.task import Task
 
-FORMATS = {".conll": "conll", ".iob": "conll", ".bio": "conll", ".jsonl": "jsonl", ".ndjson": "jsonl",
-           ".txt": "wordtag"}
+# minift.data.FORMATS names the JSON Lines extensions for every task; tagging adds its own formats around them
+FORMATS = {".conll": "conll", ".iob": "conll", ".bio": "conll",
+           **{ext: fmt for ext, fmt in DATA_FORMATS.items() if fmt == "jsonl"}, ".txt": "wordtag"}
 IGNORE = -100  # the label the loss skips, as in PyTorch's cross_entropy and Hugging Face
 
 
@@ -134,19 +135,6 @@ def read_tagged(path, fmt: str | None = None, labelled: bool = True) -> Sentence
     return joined(path, words, tags if labelled else None, lines)
 
 
-def read_text(path: str) -> str:
-    try:
-        raw = Path(path).read_bytes()
-    except OSError as e:
-        raise MiniftError(f"Cannot read {path}: {e.strerror}.") from None
-    try:
-        return raw.decode("utf-8").removeprefix("\ufeff")  # a BOM is not part of the first word
-    except UnicodeDecodeError as e:
-        line = raw.count(b"\n", 0, e.start) + 1
-        raise MiniftError(f"{path}, line {line}: byte {raw[e.start:e.end]!r} is not valid UTF-8; "
-                          "re-save the file as UTF-8") from None
-
-
 # Each reader yields a sentence at a time as [(word, tag, line)]. str.split() takes tabs, spaces and a
 # CRLF file's \r alike, and splitting on "\n" alone keeps a word holding U+2028 whole.
 
@@ -172,13 +160,7 @@ def read_conll(path, text, labelled):
 
 
 def read_jsonl(path, text, labelled):
-    for n, line in enumerate(text.split("\n"), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise MiniftError(f"{path}, line {n}, column {e.colno}: invalid JSON ({e.msg})") from None
+    for n, obj in json_lines(path, text.split("\n"), like=None):  # not an object: told below what one holds
         obj = obj if isinstance(obj, dict) else {}
         words, tags = obj.get("tokens"), obj.get("tags")
         for name in ("tokens", "tags") if labelled else ("tokens",):
