@@ -197,7 +197,7 @@ def test_gradient_cache_trains_as_the_whole_batch(model_dir):
     """--batch-size 512 --mini-batch 32: the weights after one training step (train_step: AdamW, clipping,
     schedule) with and without the cache are the same within 1e-6 relative. In fp64: AdamW's first step is lr * g / (|g| + eps), which turns fp32 rounding
     in a gradient near 0 into a whole step of either sign."""
-    from minift.train_step import make_optimizer, make_schedule, train_step
+    from minift.train_step import make_schedule, train_step
     weights = []
     for mini in (None, 32):
         net, batch = big_batch(model_dir, mini, torch.float64)
