@@ -20,7 +20,7 @@ from pathlib import Path
 from minift.errors import MiniftError
 
 LOCK = ".lock"
-# Temporary files of a write that was killed: atomic_write's (.NAME.tmpPID) and safetensors' own (.tmpXXXXXX).
+# Temporary files of a write that was killed: atomic_write's (.NAME.tmpPID) and safetensors' own (.tmp and six random characters).
 TEMPORARY = re.compile(r"\..+\.tmp\d+|\.tmp\w{6}")
 
 

@@ -35,7 +35,8 @@ def minilm_dir(d: Path) -> Path:
     """The MiniLM weights with their sentence-transformers files, as `minift fetch weights minilm` leaves them
     (a copy fetched before those were pinned lacks them: they are written here, byte for byte as published)."""
     if not (MINILM / "model.safetensors").exists():
-        pytest.skip("weights/all-MiniLM-L6-v2 not fetched (minift fetch weights minilm)")
+        pytest.fail(f"real weights not found at {MINILM}: run `minift fetch weights minilm` first (`make test` does "
+                    "it)", pytrace=False)
     d.mkdir()
     for f in MINILM.iterdir():
         if f.is_file():
