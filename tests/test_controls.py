@@ -24,8 +24,8 @@ from minift.errors import MiniftError
 from minift.train_loop import train
 from minift.train_step import make_optimizer, make_schedule
 from conftest import ROOT, interrupt_at
-from test_ddp import checkpoint_weights, free_port
-from test_train import FAST, rows, tensors, write_csv
+from test_ddp import checkpoint_weights, free_port, torchrun_train
+from test_train import FAST, clf_data, rows, tensors, write_csv  # noqa: F401  (clf_data: a fixture)
 
 
 # ---- schedules ----
@@ -205,12 +205,6 @@ def test_balanced_weights_of_tags_and_multilabel():
 
 
 # ---- evaluation by steps, early stopping ----
-
-@pytest.fixture(scope="module")
-def clf_data(tmp_path_factory):
-    d = tmp_path_factory.mktemp("data")
-    return write_csv(d / "train.csv", 40, seed=1), write_csv(d / "dev.csv", 12, seed=2)
-
 
 def run(tiny_dir, data, out, **kw):
     """40 examples in batches of 4: 10 steps an epoch."""
@@ -536,12 +530,7 @@ def test_two_processes_accumulating_tag_match_one(tiny_dir, tmp_path):
     opts = dict(task="tag", max_steps=4, batch_size=8, grad_accum=2, lr=1e-3, precision="fp32", compile="off",
                 device="cpu", max_length=24)
     train(model, data, tmp_path / "one", log=io.StringIO(), **opts)
-    flags = [f"--{k.replace('_', '-')}={v}" for k, v in opts.items()]
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                        f"--master-port={free_port()}", "-m", "minift", "train", "--model", str(model),
-                        "--train", str(data), "--out", str(tmp_path / "two"), *flags],
-                       capture_output=True, text=True, cwd=ROOT, timeout=300,
-                       env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"})
+    r = torchrun_train(model, data, tmp_path / "two", opts)
     assert r.returncode == 0, r.stderr
     a, b = checkpoint_weights(tmp_path / "one"), checkpoint_weights(tmp_path / "two")
     assert set(a) == set(b)

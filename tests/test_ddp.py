@@ -70,6 +70,15 @@ def train_command(model, data, dev, out):
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
 
 
+def torchrun_train(model, data, out, opts: dict) -> subprocess.CompletedProcess:
+    """`minift train` of `data` into `out` as 2 processes under torchrun, with train()'s keyword options."""
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in opts.items()]
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                           f"--master-port={free_port()}", "-m", "minift", "train", "--model", str(model),
+                           "--train", str(data), "--out", str(out), *flags],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300, env=ENV)
+
+
 def assert_same_weights(model, one, two):
     """The kept model (model.safetensors) and the final state (checkpoint) agree, and training moved them."""
     start = load_file(model / "model.safetensors")

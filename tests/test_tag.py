@@ -13,15 +13,12 @@ import json
 import os
 import random
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
 from safetensors import safe_open
 
 import minift.train_loop
-from conftest import ROOT
 from minift.config import BertConfig
 from minift.errors import MiniftError
 from minift.predict import evaluate, predict
@@ -451,18 +448,13 @@ def test_two_processes_train_a_tagger_as_one(tiny_dir, tmp_path):
     (within 1e-5; see tests/test_ddp.py for why the two agree that closely). DDP averages the ranks'
     losses, each a mean over that rank's tagged words, so this equals the mean over the whole batch only
     when both halves hold as many words: here every sentence has 5."""
-    from test_ddp import checkpoint_weights, free_port
+    from test_ddp import checkpoint_weights, torchrun_train
     from safetensors.torch import load_file
     model = no_dropout_dir(tiny_dir, tmp_path / "model")
     data = write_conll(tmp_path / "train.conll", tagged_sentences(16, seed=0, lengths=(5, 5)))
     opts = dict(FAST, task="tag", max_steps=4, batch_size=8, lr=1e-3)
     train(model, data, tmp_path / "one", log=io.StringIO(), **opts)
-    flags = [f"--{k.replace('_', '-')}={v}" for k, v in opts.items()]
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                        f"--master-port={free_port()}", "-m", "minift", "train", "--model", str(model),
-                        "--train", str(data), "--out", str(tmp_path / "two"), *flags],
-                       capture_output=True, text=True, cwd=ROOT, timeout=300,
-                       env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"})
+    r = torchrun_train(model, data, tmp_path / "two", opts)
     assert r.returncode == 0, r.stderr
     assert "2 processes" in r.stderr and "for tag" in r.stderr
     start = load_file(model / "model.safetensors")
