@@ -108,7 +108,7 @@ def long_context(d):
     ref = hf(input_ids=ids, attention_mask=mask).last_hidden_state
     (ref * w * mask[..., None]).sum().backward()
     out = {}
-    for path, sdpa in (("SDPA", {minift.model.CPU_CLASS: (torch.float32,)}), ("written out", {})):
+    for path, sdpa in (("SDPA", {minift.model.CPU_CLASS: {torch.float32: 1}}), ("written out", {})):
         minift.model.SDPA_CPU_INFERENCE = sdpa
         ours = Bert.from_pretrained(d).eval()
         h, _ = ours(ids, mask)

@@ -50,10 +50,15 @@ class Dropout(nn.Dropout):
         return dropout(x, self.p) if self.training and self.p > 0 else x
 
 
-# Where SDPA's fused CPU kernel beat the written-out formula in inference (no dropout), by CPU class and
-# dtype (bench/kernel_choices.py; its tables in docs/measurements.md). Training always writes it out on a CPU: SDPA has no fused
-# CPU kernel with dropout.
-SDPA_CPU_INFERENCE = {"AMX": (torch.float32, torch.bfloat16)}
+# From which query length SDPA's fused CPU kernel beats the written-out formula without dropout, by CPU class
+# and dtype (bench/kernel_choices.py; its tables in docs/measurements.md). The written-out scores [B, nh, Tq, T]
+# grow with T^2 and fall out of cache as sequences grow; the fused kernel never stores them. A single [CLS]
+# query (Tq = 1) is written out except on AMX. Training with dropout always writes it out on a CPU: SDPA has
+# no fused CPU kernel with dropout.
+SDPA_CPU_INFERENCE = {"AMX": {torch.float32: 1, torch.bfloat16: 1},
+                      "AVX-512+bf16": {torch.float32: 128, torch.bfloat16: 192},
+                      "AVX-512": {torch.float32: 128, torch.bfloat16: 128},
+                      "AVX2-only": {torch.float32: 128, torch.bfloat16: 1}}  # bf16 emulated: written out is slow
 
 
 @functools.cache
@@ -84,9 +89,10 @@ def attention(q, k, v, mask, p_drop: float, sdpa: bool | None = None):
     GPUs take SDPA's fused kernels. On CPU the same formula written out is faster for BERT's
     short sequences in training: SDPA's fused CPU kernel has no dropout, and its fallback does more
     passes over the [B, nh, Tq, T] scores (bench/kernel_choices.py; docs/measurements.md). In inference
-    the choice is by CPU class (SDPA_CPU_INFERENCE); sdpa=True or False forces a path. tests/ check the two paths agree."""
+    the choice is by CPU class, dtype and query length (SDPA_CPU_INFERENCE); sdpa=True or False forces a path.
+    tests/ check the two paths agree."""
     if sdpa is None:
-        sdpa = q.is_cuda or (p_drop == 0 and q.dtype in SDPA_CPU_INFERENCE.get(CPU_CLASS, ()))
+        sdpa = q.is_cuda or (p_drop == 0 and q.size(2) >= SDPA_CPU_INFERENCE.get(CPU_CLASS, {}).get(q.dtype, 1 << 62))
     if sdpa:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p_drop)
     B, nh, Tq, hd = q.shape

@@ -160,7 +160,7 @@ def test_modernbert_long_context_matches_transformers(sdpa, tmp_path, monkeypatc
     in both attention paths: hidden states within 1e-5 and every gradient within 1e-4 of transformers, a
     padded row whose end falls inside a block; pooled_only's [CLS] rows equal the full path's."""
     import minift.model
-    monkeypatch.setattr(minift.model, "SDPA_CPU_INFERENCE", {minift.model.CPU_CLASS: (torch.float32,)} if sdpa else {})
+    monkeypatch.setattr(minift.model, "SDPA_CPU_INFERENCE", {minift.model.CPU_CLASS: {torch.float32: 1}} if sdpa else {})
     family, kw = LONG
     hf = hf_model(family, kw, seed=1)
     hf.save_pretrained(tmp_path)

@@ -252,6 +252,22 @@ def test_sdpa_branch_forced_on_cpu_matches_written_out():
         assert close(attention(q, k, v, mask, 0.0, sdpa=True), attention(q, k, v, mask, 0.0, sdpa=False), 1e-6)
 
 
+def test_sdpa_chosen_by_query_length(monkeypatch):
+    """On a CPU, SDPA from the class's query length on, for the dtypes listed, without dropout only."""
+    import minift.model
+    from minift.model import attention
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or sdpa(*a, **k))
+    monkeypatch.setattr(minift.model, "SDPA_CPU_INFERENCE", {minift.model.CPU_CLASS: {torch.float32: 16}})
+    k = v = torch.randn(2, 3, 16, 8)
+    for Tq, dtype, p_drop, chosen in ((8, torch.float32, 0.0, 0), (16, torch.float32, 0.0, 1),
+                                      (16, torch.float32, 0.1, 0), (16, torch.bfloat16, 0.0, 0)):
+        calls.clear()
+        attention(torch.randn(2, 3, Tq, 8).to(dtype), k.to(dtype), v.to(dtype), None, p_drop)
+        assert len(calls) == chosen, (Tq, dtype, p_drop)
+
+
 def test_model_with_sdpa_inference_path_matches(minilm_dir, monkeypatch):
     """The whole classifier, inference through SDPA (as chosen per CPU class) against the written-out path."""
     import minift.model
@@ -262,7 +278,7 @@ def test_model_with_sdpa_inference_path_matches(minilm_dir, monkeypatch):
     with torch.no_grad():
         monkeypatch.setattr(minift.model, "SDPA_CPU_INFERENCE", {})
         written = net(ids, mask)
-        monkeypatch.setattr(minift.model, "SDPA_CPU_INFERENCE", {minift.model.CPU_CLASS: (torch.float32,)})
+        monkeypatch.setattr(minift.model, "SDPA_CPU_INFERENCE", {minift.model.CPU_CLASS: {torch.float32: 1}})
         assert close(net(ids, mask), written, 1e-5)
 
 
