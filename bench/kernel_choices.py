@@ -133,7 +133,7 @@ def main():
     for dt in dtypes:
         for T in (48, 128):
             training_rows(T, dt, args.repeats)
-        for T in (48, 128):
+        for T in (32, 48, 128, 512):
             inference_rows(T, dt, args.repeats)
         cls_only_rows(dt, args.repeats)
     if available():
