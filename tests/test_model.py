@@ -166,7 +166,7 @@ def random_batch(cfg, B=3, T=17, seed=0):
 def test_live_random_configs_forward_and_grad(spec, tmp_path):
     transformers = pytest.importorskip("transformers")
     cfg = dict(spec, vocab_size=101, max_position_embeddings=40, id2label={0: "a", 1: "b", 2: "c"})
-    torch.manual_seed(hash(spec["hidden_act"]) % 1000)
+    torch.manual_seed(CONFIGS.index(spec))  # not hash(): Python salts it per process
     hf = transformers.BertForSequenceClassification(
         transformers.BertConfig(**cfg, label2id={"a": 0, "b": 1, "c": 2}, attn_implementation="sdpa")).eval()
     # Real-looking weights: the default 0.02 init makes every output nearly the same.
@@ -181,7 +181,9 @@ def test_live_random_configs_forward_and_grad(spec, tmp_path):
     logits, loss = ours(ids, mask, types, labels=labels)
     h, pooled = ours.bert(ids, mask, types)
     m = mask.bool()
-    assert close(h[m], o.hidden_states[-1][m])
+    # fp32 within 1e-5 relative to the largest hidden value (about 4 with these weights)
+    err = (h[m] - o.hidden_states[-1][m]).abs().max() / o.hidden_states[-1][m].abs().max()
+    assert err <= TOL, err
     assert close(logits, o.logits) and close(loss, o.loss)
     o.loss.backward()
     loss.backward()
