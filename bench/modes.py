@@ -5,10 +5,12 @@ layer-wise rate decay, on the first 200, 800 and 3,200 training examples (3 epoc
 mode's default learning rate), once per seed. Each run keeps its best model by dev accuracy; the runs
 on at most 200 examples (7 steps an epoch) are also evaluated every --eval-every steps, so that the
 model kept is picked at a finer grain than the epoch. Reports per row the test accuracy (mean and
-min-max over the seeds), the steps whose models were kept, the mean wall time and the trainable parameters.
+min-max over the seeds), the steps whose models were kept, where early stopping (--patience, replayed on
+the runs' evaluations) would have stopped and what it would have kept, the mean wall time and the
+trainable parameters.
 
     python bench/modes.py [--sizes 200 800 3200] [--modes head top-2 full lora] [--layer-decay 0.8]
-                          [--seeds 0 1 2] [--epochs 3] [--eval-every 3]
+                          [--seeds 0 1 2] [--epochs 3] [--eval-every 3] [--patience 3] [--report]
 
 Writes bench/results/modes.json, prints a Markdown table and draws it (needs matplotlib, the plot extra):
 modes.png (test accuracy, mean and min-max, and wall time against training-set size, a line per row) and
@@ -49,8 +51,24 @@ def subset(n: int, tmp: Path) -> Path:
     return path
 
 
-def slug(name: str) -> str:
-    return name.replace(", layer decay ", "-ld")
+def run_dir(out: Path, name: str, n: int, seed: int) -> Path:
+    return out / f"modes-{name.replace(', layer decay ', '-ld')}-{n}-seed{seed}"
+
+
+def evaluations(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def replay_patience(evals: list[dict], patience: int) -> tuple[int, int]:
+    """(the step it stops at, the step whose model it keeps) had the run been given --patience. The rate
+    schedule does not depend on the stop, so up to it the run is this one: its metrics tell."""
+    waited, kept = 0, None
+    for e in evals:
+        waited = 0 if e["kept"] else waited + 1
+        kept = e["step"] if e["kept"] else kept
+        if waited >= patience:
+            break
+    return e["step"], kept
 
 
 def settings(modes: list[str], layer_decay: float) -> dict[str, dict]:
@@ -68,7 +86,7 @@ def one_run(run: Path, data: Path, n: int, options: dict, seed: int, args) -> di
         train(MODEL, data, run, eval=DATA / "dev.csv", epochs=args.epochs, seed=seed, overwrite=True, log=log,
               eval_every=args.eval_every if n <= SMALL else None, **options)
     wall = time.time() - t0
-    evals = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    evals = evaluations(run)
     kept = [e["step"] for e in evals if e["kept"]][-1]
     return {"seed": seed, "test_accuracy": evaluate(run, DATA / "test.csv")["accuracy"], "wall_s": wall,
             "kept_step": kept, "steps": evals[-1]["step"], "evaluations": len(evals)}
@@ -76,7 +94,7 @@ def one_run(run: Path, data: Path, n: int, options: dict, seed: int, args) -> di
 
 def cell(name: str, options: dict, n: int, data: Path, out: Path, args) -> dict:
     """One row of the table: a setting on one training-set size, every seed."""
-    runs = [one_run(out / f"modes-{slug(name)}-{n}-seed{s}", data, n, options, s, args) for s in args.seeds]
+    runs = [one_run(run_dir(out, name, n, s), data, n, options, s, args) for s in args.seeds]
     acc = [r["test_accuracy"] for r in runs]
     probe = apply_mode(BertClassifier.from_pretrained(MODEL, id2label={0: "-1", 1: "1"}), options["mode"])
     return {"train_examples": n, "setting": name, "lr": DEFAULT_LR[options["mode"].split("-")[0]],
@@ -85,14 +103,19 @@ def cell(name: str, options: dict, n: int, data: Path, out: Path, args) -> dict:
             "trainable_params": count_params(probe, trainable_only=True), "runs": runs}
 
 
-def table(rows: list[dict]):
-    print("| examples | setting | lr | test acc, mean | min-max | steps kept | evaluations | wall s | trainable params |")
-    print("|---:|---|---:|---:|---:|---|---:|---:|---:|")
+def table(rows: list[dict], out: Path, patience: int):
+    """The Markdown table; per seed, the step whose model was kept, and where --patience would have stopped."""
+    print(f"| examples | setting | lr | test acc, mean | min-max | evaluations | steps kept | --patience {patience}: "
+          "stop (keep) | wall s | trainable params |")
+    print("|---:|---|---:|---:|---:|---:|---|---|---:|---:|")
     for r in rows:
         kept = ", ".join(f"{x['kept_step']}" for x in r["runs"])
+        stops = ", ".join("{} ({})".format(*replay_patience(evaluations(run_dir(out, r["setting"], r["train_examples"],
+                                                                                    x["seed"])), patience))
+                          for x in r["runs"])
         print(f"| {r['train_examples']} | {r['setting']} | {r['lr']:g} | {r['test_accuracy_mean']:.3f} | "
-              f"{r['test_accuracy_min']:.3f}-{r['test_accuracy_max']:.3f} | {kept} of {r['runs'][0]['steps']} | "
-              f"{r['runs'][0]['evaluations']} | {r['wall_s_mean']:.0f} | {r['trainable_params']:,} |")
+              f"{r['test_accuracy_min']:.3f}-{r['test_accuracy_max']:.3f} | {r['runs'][0]['evaluations']} | "
+              f"{kept} of {r['runs'][0]['steps']} | {stops} | {r['wall_s_mean']:.0f} | {r['trainable_params']:,} |")
 
 
 def chart(rows: list[dict], path: Path):
@@ -131,9 +154,23 @@ def main():
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--eval-every", type=int, default=3, help=f"steps, for training sets of at most {SMALL} examples")
+    ap.add_argument("--patience", type=int, default=3, help="replayed on each run's evaluations for the table")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    ap.add_argument("--report", action="store_true", help="no training: the table and charts of --out/modes.json")
     args = ap.parse_args()
     out = Path(args.out)
+    if not args.report:
+        measure(args, out)
+    rows = json.loads((out / "modes.json").read_text())["rows"]
+    table(rows, out, args.patience)
+    chart(rows, out / "modes.png")
+    biggest = max(r["train_examples"] for r in rows)
+    plot([run_dir(out, r["setting"], biggest, r["runs"][0]["seed"]) for r in rows if r["train_examples"] == biggest],
+         out / "modes-curves.png")
+
+
+def measure(args, out: Path):
+    """Every cell, every seed; writes out/modes.json."""
     out.mkdir(parents=True, exist_ok=True)
     rows, t0 = [], time.time()
     for n in args.sizes:
@@ -144,10 +181,6 @@ def main():
     meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
             "epochs": args.epochs, "seeds": args.seeds, "eval_every": args.eval_every, "total_s": time.time() - t0}
     (out / "modes.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    table(rows)
-    chart(rows, out / "modes.png")
-    last = [out / f"modes-{slug(name)}-{max(args.sizes)}-seed{args.seeds[0]}" for name in settings(args.modes, args.layer_decay)]
-    plot(last, out / "modes-curves.png")
 
 
 if __name__ == "__main__":
