@@ -37,7 +37,8 @@ def onednn_available() -> bool:
     """Whether this PyTorch has oneDNN's packed linear and it computes a linear (a feature test, not a version
     test: the ops are private and may go)."""
     try:
-        x, w, b = torch.randn(3, 8), torch.randn(5, 8), torch.randn(5)
+        g = torch.Generator().manual_seed(0)  # not the global one, which a training run has seeded
+        x, w, b = (torch.randn(*shape, generator=g) for shape in ((3, 8), (5, 8), (5,)))
         y = torch.ops.mkldnn._linear_pointwise(x, torch.ops.mkldnn._reorder_linear_weight(w, None), b, "none", [], "")
         return torch.allclose(y, F.linear(x, w, b), rtol=1e-4, atol=1e-5)
     except (AttributeError, RuntimeError, TypeError):
@@ -71,9 +72,10 @@ def measure(shapes: tuple, rows: int = ROWS, repeats: int = 9) -> dict[str, floa
     """Seconds per pass over one product of every (in, out) shape, per path: the least of `repeats`
     passes, which alternate between the paths after one warm-up each. A pass takes a millisecond or two:
     on a shared machine one preemption outlasts it, hence the least of several."""
+    g = torch.Generator().manual_seed(0)  # not the global one, which a training run has seeded
     with torch.inference_mode():
-        xs = [torch.randn(rows, k) for k, _ in shapes]
-        ws = [torch.randn(n, k) for k, n in shapes]
+        xs = [torch.randn(rows, k, generator=g) for k, _ in shapes]
+        ws = [torch.randn(n, k, generator=g) for k, n in shapes]
         packed = [torch.ops.mkldnn._reorder_linear_weight(w, None) for w in ws]
         runs = {"mkl": lambda: [F.linear(x, w) for x, w in zip(xs, ws)],
                 "onednn": lambda: [torch.ops.mkldnn._linear_pointwise(x, p, None, "none", [], "")

@@ -14,6 +14,7 @@ switch of the family (cfg.family.rotary, ...: minift/families.py):
   ModernBERT                 pre-LayerNorm without biases, rotary positions, GeGLU, sliding-window
                              attention on some layers, a final LayerNorm (Layer, Bert.encode)
 """
+import contextlib
 import functools
 import platform
 
@@ -327,6 +328,7 @@ class Bert(nn.Module):
             if config.family.final_norm else None
         self.pooler = nn.Linear(config.hidden_size, config.hidden_size) if pooler else None
         self.checkpointing = False  # --checkpointing: keep each layer's input only, recompute the rest in backward
+        self.recompute_context = None  # what that recomputation runs under: the forward's (see make_loss_fn)
         init_weights(self, config.initializer_range)
         if config.sinusoidal_pos_embds:  # DistilBERT's fixed table: sin at even features, cos at odd ones
             pos = torch.arange(config.max_position_embeddings, dtype=torch.float64)[:, None]
@@ -360,8 +362,11 @@ class Bert(nn.Module):
             # [R, H]; [B, H] after the last given cls_only
             args = (x, pack, pack.mask, ropes[local], pack.first if last else None)
             if self.checkpointing and self.training and torch.is_grad_enabled():
-                # The recomputation replays the same dropout masks: checkpoint restores the RNG state.
-                x = torch.utils.checkpoint.checkpoint(layer, *args, use_reentrant=False)
+                # The recomputation replays the same dropout masks (checkpoint restores the RNG state) and
+                # the same linears: it runs in backward, after the forward's context has closed.
+                ctx = {} if self.recompute_context is None else \
+                    {"context_fn": lambda: (contextlib.nullcontext(), self.recompute_context())}
+                x = torch.utils.checkpoint.checkpoint(layer, *args, use_reentrant=False, **ctx)
             else:
                 x = layer(*args)
         if self.final_ln is not None:

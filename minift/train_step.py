@@ -116,10 +116,13 @@ def make_loss_fn(model: nn.Module, amp_dtype: torch.dtype | None, device: torch.
     def loss_fn(**batch):
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             return model(**batch)[1]
+    bert = getattr(model, "module", model).bert  # DDP wraps the model
+    bert.recompute_context = None  # what --checkpointing's recomputation runs under: as the forward below
     if compile:
         return torch.compile(loss_fn, dynamic=True)
     if device.type == "cpu" and amp_dtype is None:  # fp32 linears, forward and backward, on gemm.py's path
         from minift.gemm import fast_linears
+        bert.recompute_context = lambda: fast_linears(model, keep=False)
 
         def fp32_loss_fn(**batch):
             with fast_linears(model, keep=False):

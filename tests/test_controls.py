@@ -337,14 +337,14 @@ def test_multilabel_macro_f1_equals_scikit_learn():
 
 # ---- gradient checkpointing ----
 
-def grads_with_and_without_checkpointing(net, batch):
+def grads_with_and_without_checkpointing(net, batch, loss_fn=None):
     """Every parameter's gradient of one training step (dropout on, the same seed), without and with."""
     out = []
     for on in (False, True):
         net.bert.checkpointing = on
-        net.zero_grad()
+        net.train().zero_grad()
         torch.manual_seed(0)
-        net.train()(**batch)[1].backward()
+        (loss_fn or (lambda **b: net(**b)[1]))(**batch).backward()
         out.append({n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None})
     return out
 
@@ -395,6 +395,25 @@ def test_checkpointing_gives_the_same_gradients_modernbert_tagger():
         torch.testing.assert_close(ckpt[n], plain[n], rtol=0, atol=1e-6, msg=n)
 
 
+def test_checkpointing_on_the_onednn_path(tiny_dir, monkeypatch):
+    """fp32 on a CPU whose linears take oneDNN (minift/gemm.py): the recomputation in backward, which runs after
+    the forward's context has closed, goes through oneDNN too (torch's own linear there saves other tensors than
+    the forward did, which checkpoint refuses)."""
+    from minift import gemm
+    from minift.train_step import make_loss_fn
+    if not gemm.onednn_available():
+        pytest.skip("this PyTorch has no oneDNN packed linear")
+    monkeypatch.setenv("MINIFT_GEMM", "onednn")
+    calls, real = [], gemm.packed_forward
+    monkeypatch.setattr(gemm, "packed_forward", lambda m, x: calls.append(1) or real(m, x))
+    net, b = classifier_batch(tiny_dir)
+    plain, ckpt = grads_with_and_without_checkpointing(net, b, make_loss_fn(net, None, torch.device("cpu"), False))
+    per_layer = len(gemm.fp32_linears(net.bert.layers[0]))
+    assert len(calls) == 2 * len(gemm.fp32_linears(net)) + len(net.bert.layers) * per_layer  # recomputed: oneDNN
+    for n in plain:
+        torch.testing.assert_close(ckpt[n], plain[n], rtol=0, atol=1e-6, msg=n)
+
+
 def test_checkpointing_through_train(tiny_dir, clf_data, tmp_path):
     """The same run with --checkpointing ends with the same weights (the same gradients, step after step)."""
     run(tiny_dir, clf_data, tmp_path / "a", max_steps=4, eval_every=None)
@@ -403,6 +422,44 @@ def test_checkpointing_through_train(tiny_dir, clf_data, tmp_path):
     for k in ta:
         torch.testing.assert_close(tb[k], ta[k], rtol=0, atol=1e-6, msg=k)
 
+
+
+def saved_for_backward(net, loss_fn, batch, checkpointing: bool):
+    """One training step (dropout on, seed 0): the gradients, and the bytes autograd kept for backward."""
+    net.bert.checkpointing = checkpointing
+    net.train().zero_grad()
+    kept = []
+    torch.manual_seed(0)
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: (kept.append(t.numel() * t.element_size()), t)[1],
+                                                  lambda t: t):
+        loss = loss_fn(**batch)
+    loss.backward()
+    return {n: p.grad.clone() for n, p in net.named_parameters()}, sum(kept)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # raised inside torch's own compile stack
+def test_checkpointing_under_compile(tiny_dir):
+    """--checkpointing --compile on: the compiled step recomputes too (it keeps for backward no more than the
+    eager checkpointed step, where the compiled step without checkpointing keeps several times more) and
+    gives the eager gradients within 1e-6. One compilation (tens of seconds on a 2-core CPU): the compiled
+    step is checked with checkpointing only. fallback_random: the compiled dropout draws its masks as
+    eager does, so that the replayed masks of the recomputation are what is compared."""
+    from minift.train_step import make_loss_fn
+    net, b = classifier_batch(tiny_dir)
+    cpu = torch.device("cpu")
+    eager = make_loss_fn(net, None, cpu, compile=False)
+    plain, plain_bytes = saved_for_backward(net, eager, b, checkpointing=False)
+    _, ckpt_bytes = saved_for_backward(net, eager, b, checkpointing=True)
+    assert ckpt_bytes < plain_bytes / 4
+    torch._dynamo.reset()
+    try:
+        with torch._inductor.config.patch(fallback_random=True):
+            got, got_bytes = saved_for_backward(net, make_loss_fn(net, None, cpu, compile=True), b, checkpointing=True)
+    finally:
+        torch._dynamo.reset()
+    assert got_bytes <= ckpt_bytes
+    for n in plain:
+        torch.testing.assert_close(got[n], plain[n], rtol=0, atol=1e-6, msg=n)
 
 # ---- layer decay ----
 

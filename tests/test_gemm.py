@@ -112,6 +112,18 @@ def test_decision_is_the_least_time_and_default_on_a_tie():
     assert gemm.decide({"mkl": 1.0}) == "mkl"
 
 
+def test_measuring_leaves_the_seeded_random_state_alone(tiny_dir):
+    """A training run measures the paths after seeding: drawing its test matrices from the global generator
+    would make a process's first run draw other dropout masks and batches than the same run after it."""
+    net = Bert.from_pretrained(tiny_dir)
+    gemm.measured.cache_clear()
+    gemm.onednn_available.cache_clear()
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    gemm.choose(gemm.linear_shapes(net), torch.get_num_threads(), "auto")
+    assert torch.equal(torch.get_rng_state(), state)
+
+
 @needs_onednn
 @pytest.mark.parametrize("times,expected", [({"mkl": 3e-3, "onednn": 1e-3}, "onednn"),
                                             ({"mkl": 1e-3, "onednn": 3e-3}, "mkl")])
