@@ -34,7 +34,8 @@ from minift.tasks.classify import BertClassifier
 from minift.modes import apply_mode
 from minift.plot import plot
 from minift.predict import evaluate
-from minift.train_loop import DEFAULT_LR, train
+from minift.run_config import DEFAULT_LR
+from minift.train_loop import train
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL, DATA = ROOT / "weights" / "all-MiniLM-L6-v2", ROOT / "data" / "polarity"

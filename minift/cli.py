@@ -123,7 +123,7 @@ def search_args(s):
 
 
 def train_args(t):
-    from minift.train_loop import RunConfig
+    from minift.run_config import RunConfig
     t.add_argument("--model", required=True, help="directory of a Hugging Face BERT, RoBERTa, XLM-R, CamemBERT, "
                    "DistilBERT, ELECTRA or ModernBERT (e.g. weights/all-MiniLM-L6-v2)")
     t.add_argument("--train", required=True, help="training data: .csv, .tsv (with a header) or .jsonl")
