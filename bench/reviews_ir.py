@@ -4,7 +4,8 @@
                                                     passage (label 1) and another review's (label 0)
   python bench/reviews_ir.py eval DIR BI [RERANKER] each test query against every test passage: recall@1,
                                                     recall@10, MRR@10 of the bi-encoder, then of the reranker's
-                                                    order of the bi-encoder's top 10
+                                                    order of the bi-encoder's top 10 (the bi-encoder at 256
+                                                    tokens, the reranker at the length it was trained with)
 """
 import csv
 import json
@@ -46,8 +47,7 @@ def evaluate(d: Path, bi: str, reranker: str | None, max_length: int = 256):
         new = []
         for i, cand in enumerate(top):
             rows = task.from_texts([pairs[i][0]] * len(cand), [pairs[j][1] for j in cand], tok)
-            s = [r["score"] for r in predict_examples(model, tok, task, rows, task_options({}, task), 16, max_length,
-                                                      "auto")]
+            s = [r["score"] for r in predict_examples(model, tok, task, rows, task_options({}, task), 16, None, "auto")]
             order = [int(cand[k]) for k in np.argsort(-np.array(s), kind="stable")]
             new.append(order.index(i) + 1 if i in order else 11)  # past the top 10: not found
         out["bi-encoder + reranker"] = retrieval_metrics(np.array(new))
