@@ -7,10 +7,10 @@ Data: CSV/TSV (with a header) or JSON Lines, its columns in order.
   scored   two text columns and a score column (named score, or --label-column): a number in any range, only
            the order counts. Loss: CoSENT.
 Dev metrics: for pairs, each anchor retrieves among all the dev set's positives and negatives, and the passages
-of --eval-corpus, never relevant (NDCG@10, MRR@10, recall@1, recall@10; minift/retrieval.py); for scored pairs, the Spearman and Pearson correlation of cosine
-similarity with the score. The model saved is the encoder alone (the family's *Model) with
-sentence-transformers' module files, so sentence_transformers.SentenceTransformer and transformers.AutoModel
-both load it.
+of --eval-corpus, never relevant (NDCG@10, MRR@10, recall@1, recall@10; minift/retrieval.py); for scored pairs,
+the Spearman and Pearson correlation of cosine similarity with the score. The model saved is the encoder alone
+(the family's *Model) with sentence-transformers' module files, so sentence_transformers.SentenceTransformer and
+transformers.AutoModel both load it.
 """
 import math
 from dataclasses import dataclass, replace
