@@ -123,12 +123,26 @@ def ir_batches(args):
     return [task.batch(f, list(range(i, i + args.batch)), tok.pad_id) for i in range(0, len(data), args.batch)]
 
 
-def ir_metrics(encode):
-    """Each test query against every test passage, embedded by `encode` (texts -> normalised [n, H])."""
+def ir_embeddings(encode):
+    """The test split's queries and passages, embedded by `encode`, L2-normalised (weights/all-MiniLM-L6-v2 may lack
+    the Normalize module's files, without which sentence-transformers does not normalise)."""
     test = ir_pairs("test")
-    q, p = encode([a for a, _ in test]), encode([b for _, b in test])
-    r = retrieval_metrics(ranks(q, p, np.arange(len(test))))
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    return unit(encode([a for a, _ in test])), unit(encode([b for _, b in test]))
+
+
+def ir_metrics(q, p):
+    """Each test query against every test passage."""
+    r = retrieval_metrics(ranks(q, p, np.arange(len(q))))
     return {k: round(100 * r[k], 1) for k in ("recall@1", "recall@10", "mrr@10")}
+
+
+def near_ties(pairs_a, pairs_b):
+    """The largest difference between two systems' embeddings, and the test queries whose best two passages (by
+    the first system) are closer in similarity than twice it: the ones rounding alone may reorder."""
+    diff = max(float(np.abs(a - b).max()) for a, b in zip(pairs_a, pairs_b))
+    top = np.sort(pairs_a[0] @ pairs_a[1].T, axis=1)[:, -2:]
+    return diff, int((top[:, 1] - top[:, 0] < 2 * diff).sum())
 
 
 def retrieval(args):
@@ -150,15 +164,22 @@ def retrieval(args):
     shipped = st.SentenceTransformer(str(MODEL), device="cpu")
     shipped.max_seq_length = args.max_length
     net.eval()
-    encoders = {"all-MiniLM-L6-v2 as it ships": lambda t: shipped.encode(t, batch_size=64),
-                f"minift, {len(batches)} steps": lambda t: embed_texts(net.bert, tok, t, 64, args.max_length,
-                                                                       net.pooling).numpy(),
-                f"sentence-transformers, {len(batches)} steps": lambda t: model.encode(t, batch_size=64)}
+    base = SentenceEncoder.from_pretrained(MODEL).eval()
+    mine = lambda m: lambda t: embed_texts(m.bert, tok, t, 64, args.max_length, m.pooling).numpy()  # noqa: E731
+    emb = {"all-MiniLM-L6-v2 as it ships, sentence-transformers' inference": ir_embeddings(shipped.encode),
+           "all-MiniLM-L6-v2 as it ships, minift's inference": ir_embeddings(mine(base)),
+           f"minift, {len(batches)} steps": ir_embeddings(mine(net)),
+           f"sentence-transformers, {len(batches)} steps": ir_embeddings(model.encode)}
     print(json.dumps({k: [round(x, 4) for x in v] for k, v in curves.items()}), flush=True)
     print("| model | recall@1 | recall@10 | MRR@10 |\n|---|---|---|---|")
-    for name, encode in encoders.items():
-        m = ir_metrics(encode)
+    for name, (q, p) in emb.items():
+        m = ir_metrics(q, p)
         print(f"| {name} | {m['recall@1']} | {m['recall@10']} | {m['mrr@10']} |", flush=True)
+    (ship_st, ship_mine, a, b) = emb.values()
+    for what, x, y in (("as it ships", ship_mine, ship_st), ("trained", a, b)):
+        diff, n = near_ties(x, y)
+        print(f"{what}: largest embedding difference minift - sentence-transformers {diff:.1e}; test queries "
+              f"whose best two passages are within twice that: {n}")
 
 
 def make(system, args):
