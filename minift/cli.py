@@ -35,6 +35,8 @@ TRAIN_HELP = {
                   "truncated to them",
     "mini_batch": "embed: the gradient cache: embed a batch this many texts at a time, so a large --batch-size "
                   "(in-batch negatives) fits in memory; trains as the whole batch at once would",
+    "eval_corpus": "embed, pairs: more passages that every dev anchor (train --eval, eval --data) retrieves among, "
+                   "never relevant: one per line (.txt), or a .csv/.tsv/.jsonl --text-column, as search's --corpus",
     "listwise": "rerank: a softmax over each query's passages instead of binary cross-entropy on each pair",
     "epochs": "passes over the training set", "max_steps": "stop after this many optimizer steps (overrides --epochs)",
     "lr": "peak learning rate of AdamW (default by mode: full 5e-5, top-N 1e-4, lora 5e-4, head 1e-3)", "batch_size": "examples per micro-batch",

@@ -148,7 +148,7 @@ def evaluate(model_dir, data, text_column="text", text_pair_column=None, label_c
     check_sizes(model, batch_size, max_length, text_pair_column is not None)  # before reading the data
     opts = task_options(dict(options, text_column=text_column, text_pair_column=text_pair_column,
                              label_column=label_column), task, model_dir)
-    examples = task.read(data, opts)
+    examples = task.read_eval(data, opts)
     outputs, feats = outputs_of(model, tok, task, examples, opts, batch_size, max_length, precision, quantize,
                                 None if log is None else ("eval", log))
     return {**task.score(outputs, feats), "examples": len(examples.texts),

@@ -99,6 +99,9 @@ class RunConfig(tasks.TaskOptions):
                               f"and this is --task {self.task}")
         if self.patience and not self.eval:
             raise MiniftError(f"--patience {self.patience}: early stopping watches the dev set; give it with --eval")
+        if self.eval_corpus and not self.eval:
+            raise MiniftError(f"--eval-corpus {self.eval_corpus}: its passages join the dev set's retrieval; give "
+                              "the dev set with --eval")
         if self.min_delta < 0:
             raise MiniftError(f"--min-delta {self.min_delta}: expected a number >= 0")
         if self.weight_decay < 0:
@@ -167,7 +170,7 @@ def check_same_settings(out: Path, settings: dict):
                           f"({e}); start a new run instead") from None
 
     def same(k, was, now):  # a path is the same file however it is written (relative, absolute, a trailing /)
-        if k in ("model", "train", "out", "eval") and isinstance(was, str) and isinstance(now, str):
+        if k in ("model", "train", "out", "eval", "eval_corpus") and isinstance(was, str) and isinstance(now, str):
             return os.path.realpath(was) == os.path.realpath(now)
         return was == now
     changed = {k: (saved.get(k), v) for k, v in settings.items() if not same(k, saved.get(k), v)}

@@ -129,7 +129,7 @@ def setup(cfg: RunConfig, resume: bool, allow_pickle: bool, log) -> Run:
 
     task = tasks.get(cfg.task)
     tr = task.read(cfg.train, cfg)
-    dv = task.read(cfg.eval, cfg) if cfg.eval else None
+    dv = task.read_eval(cfg.eval, cfg) if cfg.eval else None
     for ds in (tr, dv):
         if ds is not None and getattr(ds, "skipped_empty", 0):
             print(f"{ds.path}: skipped {ds.skipped_empty} example(s) with empty text", file=log)

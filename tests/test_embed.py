@@ -352,3 +352,51 @@ def test_every_family_trains_and_loads_in_sentence_transformers(family, layout, 
     ref = st.SentenceTransformer(str(out), device="cpu").encode(texts, convert_to_numpy=True)
     np.testing.assert_allclose(mine, ref, rtol=1e-5, atol=2e-6)
     assert not np.allclose(mine, embed(d, texts, device="cpu", pooling="cls").numpy(), atol=1e-4)  # it trained
+
+
+# ---- --eval-corpus: distractors in the dev retrieval ----
+
+def test_eval_corpus_passages_are_distractors_ranked_by_hand(model_dir, tmp_path):
+    from minift.predict import evaluate
+    dev = write(tmp_path / "dev.csv", ["anchor", "positive"], PAIRS[:6])
+    # A copy of anchor 0 (cosine 1 with it: it outranks positive 0), positive 1 again (a dev text already: left
+    # out, else it would tie with itself), an empty line, a new text, and the copy again (counted once).
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(f"{PAIRS[0][0]}\n{PAIRS[1][1]}\n\n{PAIRS[15][1]}\n{PAIRS[0][0]}\n", encoding="utf-8")
+    out = tmp_path / "out"
+    row = train(str(model_dir), str(dev), str(out), eval=str(dev), eval_corpus=str(corpus), task="embed",
+                max_steps=1, batch_size=6, log=open("/dev/null", "w"), **FAST)
+    # By hand, on sentence-transformers' embeddings: a query's rank counts every document at least as close.
+    enc = st.SentenceTransformer(str(out), device="cpu").encode
+    q, docs = enc([a for a, _ in PAIRS[:6]]), enc([p for _, p in PAIRS[:6]] + [PAIRS[0][0], PAIRS[15][1]])
+    sim = q @ docs.T
+    rank = np.array([(sim[i] >= sim[i, i] - 1e-6).sum() for i in range(6)])
+    assert rank[0] >= 2  # the copy of anchor 0 is ahead of its positive
+    by_hand = retrieval_metrics(rank)
+    got = evaluate(out, dev, device="cpu", precision="fp32", eval_corpus=str(corpus))
+    without = evaluate(out, dev, device="cpu", precision="fp32")
+    for k, v in by_hand.items():
+        assert got[k] == pytest.approx(v) and row[f"dev_{k}"] == pytest.approx(v), k
+    assert got["mrr@10"] < without["mrr@10"]
+    rank_without = np.array([(sim[i, :6] >= sim[i, i] - 1e-6).sum() for i in range(6)])
+    assert without["recall@1"] == pytest.approx(np.mean(rank_without == 1))
+
+
+@pytest.mark.parametrize("name,text,options,message", [
+    ("nope.txt", None, {}, r"--eval-corpus: Cannot read .*nope.txt"),
+    ("c.csv", "passage\nx\n", {}, r"--eval-corpus: .*c.csv.*no column 'text'"),
+    ("blank.txt", "\n \n", {}, r"--eval-corpus .*blank.txt: no passages"),
+    ("c.txt", "x\n", {"eval": None}, r"--eval-corpus .*c.txt: .* give the dev set with --eval"),
+    ("c.txt", "x\n", {"scored": True}, r"--eval-corpus .*c.txt: .*scored.csv holds scored pairs")])
+def test_bad_eval_corpus_is_a_clear_error(model_dir, tmp_path, name, text, options, message):
+    if text is not None:
+        (tmp_path / name).write_text(text, encoding="utf-8")
+    if options.pop("scored", False):
+        data = write(tmp_path / "scored.csv", ["a", "b", "score"], [(a, p, 1) for a, p in PAIRS[:4]])
+    else:
+        data = write(tmp_path / "pairs.csv", ["anchor", "positive"], PAIRS[:4])
+    kw = {"eval": str(data), **options}
+    with pytest.raises(MiniftError, match=message):
+        train(str(model_dir), str(data), str(tmp_path / "out"), task="embed", eval_corpus=str(tmp_path / name),
+              **FAST, **kw)
+    assert not (tmp_path / "out").exists()

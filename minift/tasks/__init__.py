@@ -36,13 +36,15 @@ class TaskOptions:
     symmetric: bool = False
     matryoshka: str | None = None  # leading dimensions, e.g. "384,256,128,64"
     mini_batch: int | None = None
+    eval_corpus: str | None = None  # extra passages for the dev retrieval metrics (distractors)
     listwise: bool = False
 
 
 # The settings only one task reads. Given for another task they would change nothing, silently.
 OWNER = {"doc_stride": "qa", "max_answer_length": "qa", "null_threshold": "qa", "squad_v2": "qa",
          "whole_word_mask": "mlm", "no_pack": "mlm", "format": "tag", "pooling": "embed", "scale": "embed",
-         "symmetric": "embed", "matryoshka": "embed", "mini_batch": "embed", "listwise": "rerank"}
+         "symmetric": "embed", "matryoshka": "embed", "mini_batch": "embed", "eval_corpus": "embed",
+         "listwise": "rerank"}
 
 
 def check_options(task, opts: TaskOptions):

@@ -6,11 +6,11 @@ Data: CSV/TSV (with a header) or JSON Lines, its columns in order.
            anchor against every positive and hard negative in its batch (minift/contrastive.py).
   scored   two text columns and a score column (named score, or --label-column): a number in any range, only
            the order counts. Loss: CoSENT.
-Dev metrics: for pairs, each anchor retrieves among all the dev set's positives and negatives (NDCG@10, MRR@10,
-recall@1, recall@10; minift/retrieval.py); for scored pairs, the Spearman and Pearson correlation of cosine
-similarity with the score. The model saved is the encoder alone (the family's *Model) with
-sentence-transformers' module files, so sentence_transformers.SentenceTransformer and transformers.AutoModel
-both load it.
+Dev metrics: for pairs, each anchor retrieves among all the dev set's positives and negatives, and the passages
+of --eval-corpus, never relevant (NDCG@10, MRR@10, recall@1, recall@10; minift/retrieval.py); for scored pairs,
+the Spearman and Pearson correlation of cosine similarity with the score. The model saved is the encoder alone
+(the family's *Model) with sentence-transformers' module files, so sentence_transformers.SentenceTransformer and
+transformers.AutoModel both load it.
 """
 import math
 from dataclasses import dataclass, replace
@@ -35,10 +35,12 @@ SCORED_METRICS = ("spearman", "pearson")
 @dataclass
 class Targets:
     """What the loss needs beside the texts, carried in the batch as its labels: text ids [k, B] (equal ids, equal
-    texts) or scores [B]; the loss settings; the pooling mode asked for (None: the model directory's)."""
+    texts) or scores [B]; the loss settings; the pooling mode asked for (None: the model directory's); in evaluation,
+    per example of the batch, whether it is an --eval-corpus passage (embedded after the rows, one text each)."""
     values: torch.Tensor | None
     spec: LossSpec
     pooling: str | None
+    extra: list[bool] | None = None
 
     def to(self, device, non_blocking=False):
         v = self.values
@@ -104,6 +106,7 @@ class Rows:
     scores: list[float] | None
     lines: list[int]
     skipped_empty: int = 0
+    extra: list[str] | None = None  # --eval-corpus passages, none of them a text of the rows
     pairs = None  # each text is encoded alone, never as a pair
 
     @property
@@ -113,12 +116,13 @@ class Rows:
 
 @dataclass
 class Features:
-    ids: list[list[int]]  # each example's first text: what batches are sorted by
+    ids: list[list[int]]  # each example's first text, then each extra passage: what batches are sorted by
     columns: list[list[list[int]]]  # [k][n] token ids
     types: list[list[list[int]]]
     values: torch.Tensor | None  # [k, n] text ids (pairs), [n] scores, None for texts alone
     spec: LossSpec
     pooling: str | None
+    extra: list[tuple[list[int], list[int]]]  # the extra passages' (ids, types); their examples follow the rows
 
 
 class Embed(Task[Rows, Features, torch.Tensor]):  # a row: its texts' embeddings [k, H]
@@ -141,6 +145,15 @@ class Embed(Task[Rows, Features, torch.Tensor]):  # a row: its texts' embeddings
             choose_metric(opts, rows, self.metrics[0])
         return rows
 
+    def read_eval(self, path, opts) -> Rows:
+        rows = self.read(path, opts)
+        if getattr(opts, "eval_corpus", None):
+            if rows.scores is not None:
+                raise MiniftError(f"--eval-corpus {opts.eval_corpus}: {path} holds scored pairs, scored by "
+                                  "correlation; extra passages are for retrieval over pairs")
+            rows.extra = distractors(opts.eval_corpus, opts.text_column, rows)
+        return rows
+
     def from_texts(self, texts, pairs, tok) -> Rows:
         columns = [list(texts)] if pairs is None else [list(texts), list(pairs)]
         return Rows("<texts>", columns, None, list(range(1, len(texts) + 1)))
@@ -159,27 +172,34 @@ class Embed(Task[Rows, Features, torch.Tensor]):  # a row: its texts' embeddings
             values = torch.tensor([[known.setdefault(t, len(known)) for t in col] for col in rows.columns])
         else:
             values = None
-        return Features(encoded[0][0], [e[0] for e in encoded], [e[1] for e in encoded], values, spec,
-                        getattr(opts, "pooling", None))
+        extra = list(zip(*tok.encode(rows.extra, None, max_length))) if rows.extra else []
+        return Features(encoded[0][0] + [ids for ids, _ in extra], [e[0] for e in encoded], [e[1] for e in encoded],
+                        values, spec, getattr(opts, "pooling", None), extra)
 
     def batch(self, f: Features, idx: list[int], pad_id: int) -> dict:
         from minift.tokenizer import Tokenizer
-        k = len(f.columns)
-        b = Tokenizer.pad([f.columns[c][i] for c in range(k) for i in idx],
-                          [f.types[c][i] for c in range(k) for i in idx], pad_id)
-        values = None if f.values is None else f.values[..., idx]
-        b["labels"] = Targets(values if values is not None else torch.zeros(k, len(idx)), f.spec, f.pooling)
+        k, n = len(f.columns), len(f.columns[0])
+        rows, extra = [i for i in idx if i < n], [f.extra[i - n] for i in idx if i >= n]
+        b = Tokenizer.pad([f.columns[c][i] for c in range(k) for i in rows] + [ids for ids, _ in extra],
+                          [f.types[c][i] for c in range(k) for i in rows] + [types for _, types in extra], pad_id)
+        values = None if f.values is None else f.values[..., rows]
+        b["labels"] = Targets(values if values is not None else torch.zeros(k, len(rows)), f.spec, f.pooling,
+                              [i >= n for i in idx] if extra else None)
         return b
 
     def outputs(self, model, batch: dict) -> list[torch.Tensor]:  # per example: its k embeddings [k, H]
-        model.use(batch["labels"].pooling)
+        t = batch["labels"]
+        model.use(t.pooling)
         e = model.embed(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids")).float().cpu()
-        n = batch["labels"].values.shape[-1]
-        return list(e.view(-1, n, e.shape[-1]).transpose(0, 1))
+        n, extra = t.values.shape[-1], t.extra or []
+        m = sum(extra)
+        rows = iter(e[:len(e) - m].view(-1, n, e.shape[-1]).transpose(0, 1) if n else [])
+        passages = iter(e[len(e) - m:, None])  # an extra passage: one text, [1, H]
+        return [next(passages) if x else next(rows) for x in extra or [False] * n]
 
     # ---- scoring and output ----
     def score(self, outputs: list[torch.Tensor], f: Features) -> dict[str, float]:
-        e = torch.stack(outputs)  # [n, k, H]
+        e = torch.stack(outputs[:len(f.columns[0])])  # [n, k, H]
         if f.values.is_floating_point():
             sim = cosine(e[:, 0], e[:, 1]).diagonal().numpy()
             return correlations(sim, f.values.numpy())
@@ -189,6 +209,8 @@ class Embed(Task[Rows, Features, torch.Tensor]):  # a row: its texts' embeddings
         for j, t in enumerate(ids):
             first.setdefault(t, j)
         corpus = e[:, 1:].reshape(-1, e.shape[-1])[list(first.values())]
+        if f.extra:  # distractors, after the documents: no query's relevant index moves
+            corpus = np.concatenate([corpus, nn.functional.normalize(torch.cat(outputs[len(e):]), dim=-1).numpy()])
         where = {t: i for i, t in enumerate(first)}
         relevant = np.array([where[t] for t in f.values[1].tolist()])
         return retrieval_metrics(ranks(e[:, 0], corpus, relevant))
@@ -233,6 +255,20 @@ def read_rows(path: str, label_column: str) -> Rows:
     if rows is None:
         raise MiniftError(f"{path}: no examples (expected a header row, or JSON objects, then one example per row)")
     return rows
+
+
+def distractors(path, text_column: str, rows: Rows) -> list[str]:
+    """The non-empty passages of an --eval-corpus file (read as `minift search --corpus` reads it), each once,
+    leaving out those that are a text of the rows already (a corpus may hold the dev set's own positives)."""
+    from minift.stream import records
+    try:
+        texts = [t for t, _ in records(path, text_column) if t.strip()]
+    except MiniftError as e:
+        raise MiniftError(f"--eval-corpus: {e}") from None
+    if not texts:
+        raise MiniftError(f"--eval-corpus {path}: no passages (every record is empty)")
+    known = {t for col in rows.columns[1:] for t in col}
+    return [t for t in dict.fromkeys(texts) if t not in known]
 
 
 def choose_metric(opts, rows: Rows, default: str):

@@ -63,6 +63,11 @@ class Task(ABC, Generic[Examples, Features, Row]):
     def decode(self, outputs: list[Row], features: Features, examples: Examples, config: BertConfig) -> list[dict]:
         """Every row's result -> what a user reads, one dict per example."""
 
+    def read_eval(self, path, opts) -> Examples:
+        """The file the metrics score (--eval, `minift eval --data`): read()'s examples, plus what only scoring
+        needs (embed: the distractor passages of --eval-corpus)."""
+        return self.read(path, opts)
+
     def document(self, rows: list[dict]) -> dict | None:
         """decode's rows -> the JSON document `predict --output NAME.json` writes (qa: SQuAD's {id: answer});
         None: the task has no document of its own, and a .json output holds JSON lines like any other."""
