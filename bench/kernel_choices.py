@@ -7,8 +7,9 @@ Training (forward + backward): one attention block (MiniLM's 12 heads of 32, bat
 padded to half length, dropout 0.1), its softmax on bf16 scores (the bf16 kernel against softmax computed
 in fp32), and one hidden dropout ([32, T, 384], p = 0.1). Inference (forward only, no dropout): the
 attention block with every query and with the last layer's single [CLS] query, written out against SDPA's
-fused kernel, MiniLM's whole classifier forward with the [CLS]-only last layer against the full one,
-and the int8 linear (--quantize int8) with the engine minift picks against the other and against fp32.
+fused kernel, MiniLM's whole classifier forward with the [CLS]-only last layer against the full one, the
+feed-forward's product with its GELU fused in oneDNN against GELU after it, and the int8 linear
+(--quantize int8) with the engine minift picks against the other and against fp32.
 fp32, and bf16 where the CPU has it natively. Milliseconds, median of the repeats, which alternate
 between the two sides of a row; min-max in brackets. The table's header names the CPU class:
 minift.model.SDPA_CPU_INFERENCE holds the choice these rows support, per class.
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from minift import BertClassifier
+from minift.gemm import onednn_available
 from minift.model import CPU_CLASS, attention, dropout
 from minift.quantize import Int8Linear, available, engine
 from minift.train_step import cpu_has_bf16
@@ -106,6 +108,18 @@ def cls_only_rows(dt, n):
 
 
 @torch.inference_mode()
+def fused_gelu_rows(n):
+    """A feed-forward's first product and its exact GELU (MiniLM's 384 -> 1536, 2048 tokens) on packed weights:
+    GELU after oneDNN's product against oneDNN applying it as the product is written (gemm.fused_fc_act)."""
+    x, lin = torch.randn(2048, 384), torch.nn.Linear(384, 1536)
+    w, lp = torch.ops.mkldnn._reorder_linear_weight(lin.weight, None), torch.ops.mkldnn._linear_pointwise
+    after, fused = alternate([lambda: F.gelu(lp(x, w, lin.bias, "none", [], "")),
+                              lambda: lp(x, w, lin.bias, "gelu", [], "none")], n)
+    line(2048, torch.float32, "inference: linear 384 -> 1536 + GELU, fused in oneDNN", "GELU after the product",
+         after, fused)
+
+
+@torch.inference_mode()
 def int8_rows(n):
     """minift's int8 linear on MiniLM's shapes (2048 tokens), the engine quantize.engine() picks against
     the other one, and against the fp32 linear."""
@@ -136,6 +150,8 @@ def main():
         for T in (32, 48, 128, 512):
             inference_rows(T, dt, args.repeats)
         cls_only_rows(dt, args.repeats)
+    if onednn_available():
+        fused_gelu_rows(args.repeats)
     if available():
         int8_rows(args.repeats)
 

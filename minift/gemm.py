@@ -26,6 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from minift.errors import MiniftError
+from minift.model import ACT
 
 PATHS = ("mkl", "onednn")
 ROWS = 64  # rows of the timed products: enough to rank the paths as larger products rank them (docs/performance.md)
@@ -185,17 +186,40 @@ def packed_forward(m: nn.Linear, x):
     return torch.ops.mkldnn._linear_pointwise(x, packed_weight(m), m.bias, "none", [], "")
 
 
+# oneDNN's post-op for each activation of a layer's feed-forward (minift.model.ACT, name and algorithm). Applied
+# as the product is written, it spares a pass over the [rows, intermediate] output, and oneDNN's GELU costs far
+# less than torch's (bench/kernel_choices.py).
+POST_OPS = {ACT["gelu"]: ("gelu", "none"), ACT["gelu_new"]: ("gelu", "tanh"), ACT["gelu_pytorch_tanh"]: ("gelu", "tanh"),
+            ACT["relu"]: ("relu", ""), ACT["silu"]: ("swish", "")}
+
+
+def fused_fc_act(layer: nn.Module, x):
+    """layer.fc_act (act(fc(x))) on the oneDNN path: at inference one product with the activation fused."""
+    m = layer.fc
+    if torch.is_grad_enabled() or x.dtype != torch.float32 or torch.is_autocast_enabled("cpu"):
+        return layer.act(m(x))
+    name, algorithm = POST_OPS[layer.act]
+    return torch.ops.mkldnn._linear_pointwise(x, packed_weight(m), m.bias, name, [], algorithm)
+
+
 @contextlib.contextmanager
 def fast_linears(model: nn.Module, keep: bool = True):
     """Within the block, the model's fp32 CPU linears run on the path path_for() picks: at inference on weights
     packed once, with gradients through OneDNNLinear. keep=False drops the packed weights on leaving (a model
     that trains on)."""
     linears = fp32_linears(model) if path_for(model)[0] == "onednn" else []
+    packed = {id(m) for m in linears}
+    fused = [layer for layer in model.modules() if hasattr(layer, "fc_act") and not layer.geglu
+             and layer.act in POST_OPS and id(layer.fc) in packed]
     for m in linears:
         m.forward = functools.partial(packed_forward, m)
+    for layer in fused:
+        layer.fc_act = functools.partial(fused_fc_act, layer)
     try:
         yield
     finally:
+        for layer in fused:
+            del layer.fc_act
         for m in linears:
             del m.forward
             if not keep:

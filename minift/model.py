@@ -273,9 +273,12 @@ class Layer(nn.Module):
         self.act = ACT[cfg.hidden_act]
         self.drop = Dropout(cfg.hidden_dropout_prob)
 
+    def fc_act(self, x):  # [.., H] -> [.., I]; at inference minift/gemm.py may make the two one oneDNN product
+        return self.act(self.fc(x))
+
     def mlp(self, x):  # [.., H] -> [.., I] -> [.., H]
         if not self.geglu:
-            return self.proj(self.act(self.fc(x)))
+            return self.proj(self.fc_act(x))
         value, gate = self.fc(x).chunk(2, dim=-1)
         return self.proj(self.act(value) * gate)
 

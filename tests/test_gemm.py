@@ -24,9 +24,11 @@ def onednn(monkeypatch):
 
 
 def spy_packed(monkeypatch):
-    """Count the calls of oneDNN's linear, so that a test knows the packed path really ran."""
-    calls, real = [], gemm.packed_forward
-    monkeypatch.setattr(gemm, "packed_forward", lambda m, x: calls.append(1) or real(m, x))
+    """Count the calls of oneDNN's linear, plain and with a feed-forward's activation fused, so that a test knows
+    the packed path really ran."""
+    calls, real, real_fused = [], gemm.packed_forward, gemm.fused_fc_act
+    monkeypatch.setattr(gemm, "packed_forward", lambda m, x: calls.append("linear") or real(m, x))
+    monkeypatch.setattr(gemm, "fused_fc_act", lambda layer, x: calls.append("fused") or real_fused(layer, x))
     return calls
 
 
@@ -40,11 +42,12 @@ def test_minilm_packed_matches_reference_and_default(minilm_dir, onednn, monkeyp
         h0, p0 = model(*args)
         with gemm.fast_linears(model):
             h, pooled = model(*args)
-    assert len(calls) == 6 * 4 + 1  # every linear of the 6 layers, and the pooler
+    # every linear of the 6 layers and the pooler; each layer's fc with its GELU fused
+    assert calls.count("linear") == 6 * 3 + 1 and calls.count("fused") == 6
     m = ref["attention_mask"].bool()
     assert rel(h[m], ref["last_hidden_state"][m]) <= 1e-5 and rel(pooled, ref["pooler_output"]) <= 1e-5
     assert rel(h[m], h0[m]) <= 1e-5 and rel(pooled, p0) <= 1e-5
-    assert "forward" not in vars(model.layers[0].fc)  # the default path is back after the block
+    assert "forward" not in vars(model.layers[0].fc) and "fc_act" not in vars(model.layers[0])  # default path back
 
 
 @needs_onednn
