@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from minift.allocator import keep_freed_memory
 from minift.config import BertConfig
 from minift.data import length_batches, read_dataset
 from minift.model import cpu_class
@@ -667,6 +668,9 @@ def main():
     dev = torch.device(args.device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda: no CUDA GPU is visible to PyTorch")
+    # As minift runs on a CPU: freed memory kept for the next batch (minift/allocator.py). Process-wide, so
+    # every system here, transformers included, runs with it; MINIFT_MALLOC=default runs them all without.
+    kept = dev.type == "cpu" and keep_freed_memory()
     if args.rss_case:
         return rss_case(args.rss_case, dev, args.quick)
     args.repeats = args.repeats or (2 if args.quick else 5)
@@ -684,7 +688,7 @@ def main():
             "autocast_low_precision": pname(low_precision(dev)),
             "minift_optimizer": "make_optimizer: AdamW(fused=True)",
             "transformers_optimizer": "AdamW() defaults: foreach on CUDA, per-tensor loop on CPU",
-            "quick": args.quick, "repeats": args.repeats, "b_steps": args.steps, "flops": FLOPS_FORMULA,
+            "freed_memory_kept": kept, "quick": args.quick, "repeats": args.repeats, "b_steps": args.steps, "flops": FLOPS_FORMULA,
             "mfu": "needed FLOP/s over the matmul ceiling of the row's precision"}
     print(f"ceilings on {meta['device']} ({meta['cpu_class']}), {meta['threads']} threads ...", file=sys.stderr)
     if low_precision(dev) is None:
@@ -715,6 +719,7 @@ def write(out, result, dev, quiet=False):
     (out / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
     report = (f"{meta['device']} ({meta['cpu_class'] if dev.type == 'cpu' else 'GPU'}), {meta['threads']} threads, "
               f"torch {meta['torch']}, transformers {meta['transformers']}"
+              f"{', freed memory kept (minift/allocator.py, every system)' if meta.get('freed_memory_kept') else ''}"
               f"{', QUICK (not a measurement)' if meta['quick'] else ''}\n\nceilings (best path of each precision, "
               f"MFU divides by it): {ceiling_line(meta['ceilings'])}"
               f"{chr(10) * 2 + 'minift: ' + meta['minift_fp32_matmul'] if 'minift_fp32_matmul' in meta else ''}"

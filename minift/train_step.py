@@ -10,12 +10,14 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from minift.allocator import keep_freed_memory
 from minift.errors import MiniftError
 
 
 def pick_device(device: str = "auto") -> torch.device:
+    """The device to run on. On a CPU, freed memory is kept for the next batch (minift/allocator.py)."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     kind, _, index = device.partition(":")
     if kind not in ("cpu", "cuda") or (index and (kind == "cpu" or not index.isdigit())):
         raise MiniftError(f"--device {device!r}: expected auto, cpu, cuda or cuda:N")
@@ -24,6 +26,8 @@ def pick_device(device: str = "auto") -> torch.device:
     if index and int(index) >= torch.cuda.device_count():
         raise MiniftError(f"--device {device}: PyTorch sees {torch.cuda.device_count()} CUDA GPU(s), "
                           f"numbered from 0")
+    if kind == "cpu":
+        keep_freed_memory()
     return torch.device(device)
 
 
