@@ -65,11 +65,15 @@ SDPA_CPU_INFERENCE = {"AMX": {torch.float32: 1, torch.bfloat16: 1},
 @functools.cache
 def cpu_flags() -> frozenset[str]:
     """The CPU's feature flags (avx2, avx512f, amx_int8, ...) from /proc/cpuinfo, read once; none where there
-    is no /proc/cpuinfo."""
+    is no /proc/cpuinfo. Where PyTorch's own kernels are held below AVX-512 (ATEN_CPU_CAPABILITY=avx2), its
+    AVX-512 and AMX flags are left out: minift then decides as it would on a CPU without them."""
     try:
-        return frozenset(next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split())
+        flags = frozenset(next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split())
     except (OSError, StopIteration):
         return frozenset()
+    if "avx512f" in flags and torch.backends.cpu.get_cpu_capability() != "AVX512":
+        flags = frozenset(f for f in flags if not f.startswith(("avx512", "amx")))
+    return flags
 
 
 def cpu_class() -> str:
