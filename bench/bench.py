@@ -688,7 +688,8 @@ def main():
             "autocast_low_precision": pname(low_precision(dev)),
             "minift_optimizer": "make_optimizer: AdamW(fused=True)",
             "transformers_optimizer": "AdamW() defaults: foreach on CUDA, per-tensor loop on CPU",
-            "freed_memory_kept": kept, "quick": args.quick, "repeats": args.repeats, "b_steps": args.steps, "flops": FLOPS_FORMULA,
+            "freed_memory_kept": kept,
+            "quick": args.quick, "repeats": args.repeats, "b_steps": args.steps, "flops": FLOPS_FORMULA,
             "mfu": "needed FLOP/s over the matmul ceiling of the row's precision"}
     print(f"ceilings on {meta['device']} ({meta['cpu_class']}), {meta['threads']} threads ...", file=sys.stderr)
     if low_precision(dev) is None:

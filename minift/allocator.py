@@ -11,8 +11,9 @@ own and pays this once; docs/performance.md measures what it costs torch models 
 
 keep_freed_memory() has glibc serve every block from its heap (M_MMAP_MAX 0) and keep what is freed at
 the heap's top instead of returning it (M_TRIM_THRESHOLD), so a batch reuses the pages the one before it
-touched. The price: the process holds on to memory it has freed, about its peak, until it exits. It is
-process-wide and applies to everything in the process, transformers included. MINIFT_MALLOC=default
+touched. The price is memory: the process holds on to what it has freed until it exits, and its peak
+can be higher, as the heap fragments (docs/performance.md). It is process-wide and applies to everything
+in the process, transformers included. MINIFT_MALLOC=default
 leaves glibc's behaviour as it is; elsewhere than Linux with glibc nothing changes.
 """
 import ctypes
